@@ -1,0 +1,27 @@
+"""The ``onnx`` target: portable ONNX graphs for ONNX Runtime.
+
+The graphs ship as exported (already constant-folded by the exporter). ONNX
+Runtime applies its graph optimizations (ORT_ENABLE_ALL: node fusions, layout
+transforms) when a session is created, for whichever execution provider the
+device has; baking them in offline would tie the bundle to one provider.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Target
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    backend = "onnxruntime"
+
+    def compile(self, staging: Path, component: str, onnx_files: list[str]) -> list[str]:
+        return onnx_files
+
+    def versions(self) -> dict[str, str]:
+        import onnx
+        import onnxruntime
+
+        return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,165 @@
+"""Export a diffusers pipeline's CLIP tokenizer as one ``tokenizer.json`` for the runtime.
+
+transformers 5's ``CLIPTokenizer`` is backed by a ``tokenizers.Tokenizer`` that it
+builds itself from vocab.json + merges.txt (or from the vocab/merges inside a
+tokenizer.json), adding the special tokens (pad included) as added tokens. Its
+``__call__`` for CLIP does no Python-side text processing: it sets truncation and
+padding on that backend and calls ``encode_batch``. So we save exactly that
+backend (truncation and padding cleared; the runtime sets them from the spec) and
+record in the spec what transformers would pass to ``enable_truncation`` /
+``enable_padding`` for ``padding="max_length", max_length=model_max_length,
+truncation=True`` (how diffusers' StableDiffusionPipeline calls it).
+
+Real tokenizers seen in the wild: SD 1.x pads with "<|endoftext|>", SD 2.x with
+"!" (id 0). Both are handled the same way: the pad id is whatever transformers
+resolves ``pad_token`` to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ldm_runtime.errors import UserError
+
+TOKENIZER_FILE = "tokenizer.json"
+# A tokenizer_config.json without model_max_length gets transformers' int(1e30).
+_MAX_SANE_LENGTH = 1_000_000
+
+# Build-time self-check: the saved file, encoded by the runtime, must give the
+# same ids as transformers for these (covers casing, whitespace, punctuation,
+# unicode, numbers, special-token text and truncation).
+_PROBES = (
+    "",
+    "a photo of a cat",
+    "  A   PHOTO\tof a Cat!!  ",
+    "an astronaut riding a horse, 4k, 1990's, hi-res?!",
+    "café naïve 🚀 日本語 <|endoftext|> don't",
+    " ".join(["a red circle above a blue square"] * 20),
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {_one_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read {path}: expected a JSON object")
+    return data
+
+
+def _check_folder(tokenizer_dir: Path) -> None:
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"no tokenizer folder at {tokenizer_dir}")
+    has_json = (tokenizer_dir / TOKENIZER_FILE).is_file()
+    has_bpe = (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file()
+    if not (has_json or has_bpe):
+        raise UserError(
+            f"no usable tokenizer in {tokenizer_dir}: expected vocab.json + merges.txt or tokenizer.json"
+        )
+    config = tokenizer_dir / "tokenizer_config.json"
+    if config.is_file():
+        cls_name = _read_json(config).get("tokenizer_class")
+        if isinstance(cls_name, str) and not cls_name.startswith("CLIPTokenizer"):
+            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a CLIP tokenizer")
+    if has_json:
+        model = _read_json(tokenizer_dir / TOKENIZER_FILE).get("model")
+        model_type = model.get("type") if isinstance(model, dict) else None
+        if model_type not in (None, "BPE"):
+            raise UserError(
+                f"the tokenizer.json in {tokenizer_dir} holds a {model_type} model, not a CLIP (BPE) tokenizer"
+            )
+
+
+def _load_clip_tokenizer(tokenizer_dir: Path):
+    import transformers
+    from transformers import CLIPTokenizer
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
+    try:
+        return CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    except Exception as exc:  # corrupt vocab/merges/config: the user's files, not our bug
+        raise UserError(f"cannot load the CLIP tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def export_tokenizer(tokenizer_dir: Path, out_dir: Path) -> dict:
+    """Write ``out_dir/tokenizer.json`` and return the manifest's tokenizer spec.
+
+    The spec (consumed by ``ldm_runtime.tokenizer.ClipTokenizer.from_bundle``)::
+
+        {"file": "tokenizer.json", "kind": "clip", "model_max_length": 77,
+         "pad_token_id": 49407, "bos_token_id": 49406, "eos_token_id": 49407,
+         "do_lower_case": true, "padding_side": "right", "truncation_side": "right",
+         "split_special_tokens": false}
+
+    ``do_lower_case`` is informational (lowercasing is in tokenizer.json's normalizer).
+    """
+    tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    _check_folder(tokenizer_dir)
+    tok = _load_clip_tokenizer(tokenizer_dir)
+
+    backend_json = json.loads(tok.backend_tokenizer.to_str())
+    model = backend_json.get("model") or {}
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+        raise UserError(f"the tokenizer in {tokenizer_dir} is not a CLIP tokenizer (BPE with '</w>' word ends)")
+
+    ids = {name: getattr(tok, f"{name}_token_id") for name in ("pad", "bos", "eos")}
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise UserError(f"the CLIP tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its vocabulary")
+    max_len = tok.model_max_length
+    if not isinstance(max_len, int) or not 2 <= max_len <= _MAX_SANE_LENGTH:
+        raise UserError(
+            f"the CLIP tokenizer in {tokenizer_dir} has no usable model_max_length "
+            f"(got {max_len}); set it in tokenizer_config.json (77 for Stable Diffusion)"
+        )
+
+    spec = {
+        "file": TOKENIZER_FILE,
+        "kind": "clip",
+        "model_max_length": int(max_len),
+        "pad_token_id": int(ids["pad"]),
+        "bos_token_id": int(ids["bos"]),
+        "eos_token_id": int(ids["eos"]),
+        "do_lower_case": "Lowercase" in json.dumps(backend_json.get("normalizer")),
+        "padding_side": tok.padding_side,
+        "truncation_side": tok.truncation_side,
+        "split_special_tokens": bool(tok.split_special_tokens),
+    }
+
+    backend_json["truncation"] = None  # transformers sets these per call; so does the runtime
+    backend_json["padding"] = None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / TOKENIZER_FILE
+    path.write_text(json.dumps(backend_json, ensure_ascii=False, indent=2), encoding="utf-8")
+
+    _self_check(tok, path, spec)
+    return spec
+
+
+def _self_check(tok, path: Path, spec: dict) -> None:
+    import logging
+
+    from ldm_runtime.tokenizer import ClipTokenizer
+
+    runtime = ClipTokenizer.from_bundle(path, spec)
+    logger = logging.getLogger("ldm_runtime.tokenizer")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the long probe is truncated on purpose
+    try:
+        got = runtime.encode(list(_PROBES)).tolist()
+    finally:
+        logger.setLevel(level)
+    want = tok(list(_PROBES), padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    if got != want:
+        bad = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
+        raise RuntimeError(f"exported tokenizer disagrees with transformers on {_PROBES[bad]!r}: {got[bad]} != {want[bad]}")

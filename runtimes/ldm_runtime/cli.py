@@ -1,0 +1,170 @@
+"""``ldm-run``: generate images from a bundle, verify its parity on this device, describe it.
+
+A thin shell: each command builds a small config and calls one library function.
+User errors print as one line on stderr and exit 2; a failed verification exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+
+def user_errors(fn):
+    """Print a UserError as one line without a traceback and exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _open(bundle_dir: str, backend: str, provider: str | None, low_memory: bool, skip_hash_check: bool):
+    from .bundle import open_bundle
+    from .pipeline import Components, Pipeline
+
+    bundle = open_bundle(bundle_dir, check_hashes=not skip_hash_check)
+    options = {}
+    if backend == "onnxruntime":
+        from .runners.onnxruntime import resolve_providers
+
+        options["providers"] = resolve_providers(provider)
+    components = Components(bundle, backend=backend, low_memory=low_memory, **options)
+    return Pipeline(bundle, components)
+
+
+def runtime_options(fn):
+    for opt in reversed([
+        click.option("--backend", default="onnxruntime", show_default=True, help="Runtime backend."),
+        click.option("--provider", default=None,
+                     help="ONNX Runtime execution provider: tensorrt, cuda, coreml, cpu or a full ORT name. "
+                          "Default: the first installed of TensorRT > CUDA > CoreML > CPU."),
+        click.option("--low-memory", is_flag=True,
+                     help="Keep only one component in memory at a time (text encoder, then UNet, then decoder)."),
+        click.option("--skip-hash-check", is_flag=True,
+                     help="Do not check the sha256 of every bundle file on load (faster start on big bundles)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ldm-runtime")
+@click.option("-v", "--verbose", is_flag=True, help="More log output.")
+def main(verbose: bool) -> None:
+    """Run ldm-export bundles without torch: generate images, verify parity, inspect."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--prompt", "-p", required=True, help="What to generate.")
+@click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
+@click.option("--guidance", default=7.5, show_default=True, type=float,
+              help="Classifier-free guidance scale; ≤ 1 turns guidance off.")
+@click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@click.option("--width", type=int, default=None, help="Image width (default: the bundle's default).")
+@click.option("--height", type=int, default=None, help="Image height (default: the bundle's default).")
+@click.option("--noise", type=click.Choice(["torch", "numpy"]), default="torch", show_default=True,
+              help="'torch' reproduces torch.randn for the seed (same image as diffusers); 'numpy' uses numpy's.")
+@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
+              help="Also save the latents after every step to this .npy file.")
+@runtime_options
+@user_errors
+def generate(bundle, prompt, negative_prompt, steps, guidance, eta, seed, width, height, noise, out,
+             save_latents, backend, provider, low_memory, skip_hash_check):
+    """Generate one image from PROMPT with the bundle at BUNDLE."""
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .pipeline import GenerateConfig
+
+    pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
+    cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
+                         eta=eta, seed=seed, width=width, height=height, noise=noise)
+    pipe.resolve_size(width, height)  # fail before loading anything
+    pipe.components.load_all()
+    with tqdm(total=steps, desc="denoising", unit="step", disable=None) as bar:
+        result = pipe.generate(cfg, trace=save_latents is not None, progress=bar)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.image).save(out)
+    if save_latents:
+        np.save(save_latents, np.stack(result.latents))
+    secs = result.seconds
+    click.echo(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {steps} steps, seed {seed}) "
+               f"in {secs['total']:.2f} s (unet {secs.get('unet', 0):.2f} s, overhead {result.overhead_seconds:.3f} s)")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@runtime_options
+@user_errors
+def verify(bundle, as_json, backend, provider, low_memory, skip_hash_check):
+    """Replay the bundle's golden vectors here and compare; exit 1 when over tolerance."""
+    from .verify import format_report, verify_bundle
+
+    report = verify_bundle(_open(bundle, backend, provider, low_memory, skip_hash_check))
+    if as_json:
+        click.echo(json.dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
+                               "checks": [c.__dict__ for c in report.checks]}, indent=2))
+    else:
+        click.echo(format_report(report))
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
+@user_errors
+def info(bundle, as_json):
+    """Describe a bundle: family, target, precision, components, resolutions."""
+    from .bundle import open_bundle
+
+    b = open_bundle(bundle, check_hashes=False)
+    m = b.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    res = m["resolution"]
+    lines = [
+        f"bundle      {b.root}",
+        f"family      {m['family']} ({m['conditioning']['kind']} conditioning, {m['autoencoder']['kind'].upper()} autoencoder)",
+        f"target      {m['target']} ({m['backend']['name']}), precision {m['precision']}",
+        f"source      {m['source']['format']} {m['source'].get('name', '')} sha256 {m['source']['sha256'][:16]}…",
+        f"resolution  default {res['default'][0]}x{res['default'][1]}, range {res['min'][0]}x{res['min'][1]} … "
+        f"{res['max'][0]}x{res['max'][1]}, multiple of {res['multiple_of']}",
+        f"latent      {m['latent']['channels']} channels, factor {m['latent']['downsample_factor']}, "
+        f"scaling {m['latent']['scaling_factor']}",
+        f"scheduler   DDIM, {m['scheduler'].get('beta_schedule')} betas, "
+        f"{m['scheduler'].get('prediction_type', 'epsilon')} prediction, "
+        f"{m['scheduler'].get('timestep_spacing', 'leading')} spacing",
+        "components:",
+    ]
+    for name, comp in m["components"].items():
+        size = sum(b.path(f).stat().st_size for f in [comp["file"], comp.get("external_data")] if f
+                   and b.path(f).exists())
+        ins = ", ".join(f"{k}{v['shape']}" for k, v in comp["inputs"].items())
+        lines.append(f"  {name:<13} {size / 2**20:8.1f} MiB  {ins}")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

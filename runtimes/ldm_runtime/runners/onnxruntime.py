@@ -1,0 +1,72 @@
+"""ONNX Runtime runner. onnxruntime is imported here only, when a runner is made."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import BackendUnavailable, UserError
+from .base import Runner
+
+# Preferred execution providers, best first; the first one installed wins.
+PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
+                       "CPUExecutionProvider")
+PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "coreml": "CoreMLExecutionProvider", "cpu": "CPUExecutionProvider"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise BackendUnavailable("the ONNX Runtime backend (package 'onnxruntime')", "onnxruntime") from e
+    return onnxruntime
+
+
+def resolve_providers(requested: str | None = None) -> list[str]:
+    """Map ``--provider`` (an alias such as 'cuda' or a full ORT name) to a provider list.
+
+    Without a request, the installed providers in PROVIDER_PREFERENCE order.
+    CPU is always appended as the fallback ORT needs for unsupported nodes.
+    """
+    available = _ort().get_available_providers()
+    if requested is None:
+        chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    else:
+        name = PROVIDER_ALIASES.get(requested.lower(), requested)
+        if name not in available:
+            raise UserError(f"execution provider '{requested}' is not available; installed: "
+                            f"{', '.join(available)}; try --provider cpu")
+        chosen = [name]
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, name, model_path, spec, providers: list[str] | None = None, threads: int = 0):
+        super().__init__(name, model_path, spec)
+        self.providers = providers or resolve_providers()
+        self.threads = threads
+        self._session = None
+
+    def _load(self) -> None:
+        ort = _ort()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise UserError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
+                            f"{str(e).splitlines()[0]}") from e
+        self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, outputs))
+
+    def _release(self) -> None:
+        self._session = None
