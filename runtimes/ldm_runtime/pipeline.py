@@ -58,7 +58,8 @@ class Components:
         self.low_memory = low_memory
         self.seconds: dict[str, float] = {}
         self._runners: dict[str, Runner] = {
-            name: make_runner(backend, name, bundle.path(spec["file"]), spec, **runner_options)
+            name: make_runner(backend, name, bundle.path(spec["file"]), spec, low_memory=low_memory,
+                              **runner_options)
             for name, spec in bundle.manifest["components"].items()
         }
 
@@ -94,10 +95,12 @@ class Components:
                                       "overflows on this input")
         return out
 
-    def load_all(self) -> None:
+    def load_all(self, names: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")) -> None:
+        """Make the components that generation uses resident (nothing in low-memory mode)."""
         if not self.low_memory:
-            for r in self._runners.values():
-                r.load()
+            for name in names:
+                if name in self._runners:
+                    self._runners[name].load()
 
     def release_all(self) -> None:
         for r in self._runners.values():

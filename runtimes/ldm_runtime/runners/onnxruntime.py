@@ -45,10 +45,12 @@ def resolve_providers(requested: str | None = None) -> list[str]:
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, name, model_path, spec, providers: list[str] | None = None, threads: int = 0):
+    def __init__(self, name, model_path, spec, providers: list[str] | None = None, threads: int = 0,
+                 low_memory: bool = False):
         super().__init__(name, model_path, spec)
         self.providers = providers or resolve_providers()
         self.threads = threads
+        self.low_memory = low_memory
         self._session = None
 
     def _load(self) -> None:
@@ -57,6 +59,10 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
+        if self.low_memory:
+            # Give activation memory back after every run instead of keeping a growing arena.
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
         try:
             self._session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
