@@ -26,3 +26,29 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tok") / "tokenizer"
     write_clip_tokenizer(folder, model_max_length=16)
     return folder
+
+
+TINY_SIZES = ((32, 32), (64, 48))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_sd, tmp_path_factory) -> Path:
+    """An fp32 ONNX bundle of ``tiny_sd`` serving 32x32 … 64x48 (read-only: copy it to tamper)."""
+    from ldm_export.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build(BuildConfig(model=tiny_sd, out=out, resolutions=TINY_SIZES))
+    return out
+
+
+def blocked_python(code: str) -> list[str]:
+    """A python command line running ``code`` where importing torch, diffusers or transformers fails."""
+    import sys
+
+    prelude = "import sys\nfor m in ('torch', 'diffusers', 'transformers'):\n    sys.modules[m] = None\n"
+    return [sys.executable, "-c", prelude + code]
+
+
+def ldm_run_blocked(*args: str) -> list[str]:
+    """``ldm-run ARGS`` as a command line in which torch, diffusers and transformers cannot be imported."""
+    return blocked_python(f"from ldm_runtime.cli import main\nmain({list(args)!r}, prog_name='ldm-run')")

@@ -1,0 +1,129 @@
+"""ldm-run and ldm-export as a user runs them: torch made unimportable, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import blocked_python, ldm_run_blocked
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_generate_and_verify_work_without_torch(tiny_bundle, tmp_path):
+    out = tmp_path / "img.png"
+    lat = tmp_path / "lat.npy"
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "--prompt", "a red circle on the left", "--steps", "4",
+                            "--seed", "3", "--width", "64", "--height", "48", "--out", str(out),
+                            "--save-latents", str(lat)))
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (64, 48)
+    assert np.load(lat).shape == (4, 1, 4, 24, 32)
+    r = run(ldm_run_blocked("verify", str(tiny_bundle)))
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in r.stdout and "trajectory (5 steps)" in r.stdout
+    r = run(ldm_run_blocked("verify", str(tiny_bundle), "--json", "--low-memory"))
+    assert json.loads(r.stdout)["ok"] is True
+
+
+def test_runtime_modules_never_import_torch():
+    code = ("import pkgutil, importlib, ldm_runtime\n"
+            "for m in pkgutil.walk_packages(ldm_runtime.__path__, 'ldm_runtime.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "import sys\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers') "
+            "and sys.modules[m] is not None]\n"
+            "assert not bad, bad\nprint('ok')\n")
+    r = run(blocked_python(code))
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_verify_fails_with_exit_1_on_a_drifted_bundle(tiny_bundle, tmp_path):
+    """Golden outputs that no longer match (as when a deployed model drifts) fail verify with exit 1."""
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    golden = root / "golden" / "golden.npz"
+    with np.load(golden) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["unet/out/model_output"] = arrays["unet/out/model_output"] * 1.01
+    np.savez_compressed(golden, **arrays)
+    r = run(ldm_run_blocked("verify", str(root), "--skip-hash-check"))
+    assert r.returncode == 1
+    unet_line = next(line for line in r.stdout.splitlines() if line.startswith("unet"))
+    assert unet_line.endswith("FAIL") and r.stdout.strip().endswith("FAIL")
+
+
+@pytest.mark.parametrize("args, match", [
+    (["generate", "{b}", "--prompt", "x", "--width", "30"], "30x32 is not a multiple of 4"),
+    (["generate", "{b}", "--prompt", "x", "--width", "256", "--height", "256"], "outside the bundle's range"),
+    (["generate", "{t}", "--prompt", "x"], "has no manifest.json"),
+    (["generate", "{b}", "--prompt", "x", "--provider", "nope"], "execution provider 'nope' is not available"),
+    (["verify", "{t}/missing"], "no bundle at"),
+    (["info", "{t}"], "has no manifest.json"),
+])
+def test_user_errors_are_one_line_without_traceback(tiny_bundle, tmp_path, args, match):
+    args = [a.format(b=tiny_bundle, t=tmp_path) for a in args]
+    r = run(ldm_run_blocked(*args))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+
+
+def test_tampered_bundle_is_refused_by_generate(tiny_bundle, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    (root / "tokenizer" / "tokenizer.json").write_text("{}")
+    r = run(ldm_run_blocked("generate", str(root), "--prompt", "x", "--out", str(tmp_path / "o.png")))
+    assert r.returncode == 2 and "tokenizer/tokenizer.json was modified" in r.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_missing_backend_says_what_to_install(tiny_bundle):
+    code = ("import sys\nsys.modules['onnxruntime'] = None\nfrom ldm_runtime.cli import main\n"
+            f"main(['verify', {str(tiny_bundle)!r}], prog_name='ldm-run')\n")
+    r = run(blocked_python(code))
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: the ONNX Runtime backend (package 'onnxruntime') is not installed; "
+                                "install it with: pip install onnxruntime")
+
+
+def test_long_prompt_is_truncated_with_a_warning(tiny_bundle, tmp_path):
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "--prompt", "a red circle " * 20, "--steps", "1",
+                            "--out", str(tmp_path / "o.png")))
+    assert r.returncode == 0, r.stderr
+    assert "truncated" in r.stderr and "16 tokens" in r.stderr
+
+
+def test_info(tiny_bundle):
+    r = run(ldm_run_blocked("info", str(tiny_bundle)))
+    assert r.returncode == 0, r.stderr
+    assert "text-to-image" in r.stdout and "range 32x32 … 64x48, multiple of 4" in r.stdout
+    assert json.loads(run(ldm_run_blocked("info", str(tiny_bundle), "--json")).stdout)["schema_version"] == 1
+
+
+@pytest.mark.parametrize("cmd", [["ldm_runtime.cli"], ["ldm_export.cli"]])
+def test_every_help(cmd):
+    mod = cmd[0]
+    top = run([sys.executable, "-m", mod, "--help"])
+    assert top.returncode == 0 and "Usage" in top.stdout
+    subs = ["generate", "verify", "info"] if mod == "ldm_runtime.cli" else ["build", "parity"]
+    for sub in subs:
+        r = run([sys.executable, "-m", mod, sub, "--help"])
+        assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
+
+
+def test_ldm_export_build_cli_refuses_bad_resolution_in_one_line(tiny_sd, tmp_path):
+    r = run([sys.executable, "-m", "ldm_export.cli", "build", str(tiny_sd), "--out", str(tmp_path / "b"),
+             "--resolution", "33x32"])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: resolution 33x32 is not a multiple of 4")
+    assert not (tmp_path / "b").exists()
