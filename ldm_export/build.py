@@ -62,6 +62,14 @@ def resolution_entry(model: LoadedModel, sizes: list[tuple[int, int]]) -> dict:
             "max": [max(w for w, _ in sizes), max(h for _, h in sizes)]}
 
 
+def _producer() -> dict:
+    import diffusers
+    import torch
+
+    return {"name": "ldm-export", "version": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "diffusers": diffusers.__version__}
+
+
 def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) -> dict:
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
     if cfg.precision not in PRECISIONS:
@@ -97,7 +105,7 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
         report("writing the manifest")
         manifest = finalize_manifest(staging, {
             "family": model.family, "target": target.name, "precision": cfg.precision,
-            "producer": {"name": "ldm-export", "version": __version__, "python": platform.python_version()},
+            "producer": _producer(),
             "source": {"format": model.source_format, "name": Path(cfg.model).name, "sha256": model.source_sha256},
             "backend": {"name": target.backend, "onnx_opset": OPSET, "versions": target.versions()},
             "device_constraints": target.device_constraints(),

@@ -1,0 +1,59 @@
+"""Parity: the fp32 ONNX bundle through ldm-runtime vs diffusers' own pipeline, same prompt and seed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ldm_export.parity import ParityConfig, format_parity, run_parity
+from ldm_runtime.tolerances import IMAGE_TOLERANCES
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_tiny_bundle_matches_diffusers_within_two_levels(tiny_bundle, tiny_sd, eta):
+    report = run_parity(ParityConfig(bundle=tiny_bundle, reference=tiny_sd, prompts=("a red circle on the left",),
+                                     seeds=(0, 42), steps=20, eta=eta, width=64, height=48))
+    assert report.ok, format_parity(report)
+    for case in report.cases:
+        assert case["image_max_abs"] <= 2 and len(case["step_rel_l2"]) == 20
+        assert case["first_divergent_step"] is None
+    assert {r["component"] for r in report.components} == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert IMAGE_TOLERANCES["fp32"].max_uint8_diff == 2
+
+
+def test_parity_against_another_model_fails_with_exit_1(tiny_bundle, tmp_path):
+    """A bundle compared with a different model (here: other random weights) must be caught."""
+    from ldm_export.random_models import make_tiny_sd
+
+    other = make_tiny_sd(tmp_path / "other", seed=1)
+    r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "parity", str(tiny_bundle), "--reference", str(other),
+                        "--prompt", "a red circle", "--seed", "0", "--steps", "3", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
+    import json
+
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert not all(c["ok"] for c in report["components"])
+    assert report["cases"][0]["first_divergent_step"] == 1
+    assert "hash differs" in report["notes"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_sd15_architecture_matches_diffusers_within_two_levels(tmp_path_factory, eta):
+    """The Stable Diffusion 1.x architecture (random weights) at 256x256, 20 steps."""
+    from ldm_export.build import BuildConfig, build
+    from ldm_export.random_models import make_sd15_architecture
+
+    root = tmp_path_factory.getbasetemp() / "sd15"
+    model, bundle = root / "model", root / "bundle"
+    if not (bundle / "manifest.json").exists():
+        make_sd15_architecture(model)
+        build(BuildConfig(model=model, out=bundle, resolutions=((256, 256),)))
+    report = run_parity(ParityConfig(bundle=bundle, reference=model, prompts=("a photograph of an astronaut",),
+                                     seeds=(0,), steps=20, eta=eta))
+    assert report.ok, format_parity(report)
+    assert report.cases[0]["image_max_abs"] <= 2
