@@ -24,8 +24,8 @@ def staging_folder(out: Path, overwrite: bool) -> Iterator[Path]:
     if out.exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
         yield staging
@@ -37,6 +37,24 @@ def staging_folder(out: Path, overwrite: bool) -> Iterator[Path]:
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Remove staging folders left by builds that were killed outright (SIGKILL, power loss)."""
+    for p in out.parent.glob(f".{out.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def finalize_manifest(staging: Path, manifest: dict) -> dict:

@@ -6,6 +6,7 @@ A thin shell over :mod:`ldm_export.build` and :mod:`ldm_export.parity`.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -71,6 +72,8 @@ def main() -> None:
 def build(model, target, out, precision, resolutions, golden_prompt, golden_steps, overwrite):
     """Build a bundle from MODEL (a diffusers pipeline folder; default: the embedded demo model)."""
     _quiet_libraries()
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .build import build as run_build
 
     cfg = BuildConfig(model=_model_path(model), out=Path(out), target=target, precision=precision,

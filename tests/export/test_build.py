@@ -183,3 +183,32 @@ def test_bin_weights_load_too(tiny_sd, tmp_path):
         assert torch.equal(a.vae.decode(x).sample, b.vae.decode(x).sample)
         assert torch.equal(a.text_encoder(ids)[0], b.text_encoder(ids)[0])
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_sigterm_during_build_leaves_nothing_behind(tiny_sd, tmp_path):
+    """`kill` (SIGTERM) of a running `ldm-export build` removes its staging folder."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ldm_export.cli", "build", str(tiny_sd), "--out",
+                             str(tmp_path / "b")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".b.partial-*/*.onnx")):
+        time.sleep(0.1)
+    assert list(tmp_path.glob(".b.partial-*/*.onnx")), "the build never reached the export stage"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_staging_of_a_killed_build_is_cleaned(tmp_path):
+    from ldm_export.bundle import staging_folder
+
+    stale = tmp_path / ".b.partial-999999999"  # no such process
+    stale.mkdir()
+    (stale / "unet.onnx").write_bytes(b"half")
+    with staging_folder(tmp_path / "b", overwrite=False) as staging:
+        (staging / "x").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
