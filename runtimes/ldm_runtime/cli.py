@@ -70,26 +70,31 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--prompt", "-p", required=True, help="What to generate.")
+@click.option("--prompt", "-p", "prompts", required=True, multiple=True,
+              help="What to generate. Repeat it to generate several images, saved as one grid.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
 @click.option("--guidance", default=7.5, show_default=True, type=float,
               help="Classifier-free guidance scale; ≤ 1 turns guidance off.")
 @click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+              help="Seed of the first image; image i uses seed + i.")
+@click.option("--images-per-prompt", "-n", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Images per prompt (a grid row per prompt).")
 @click.option("--width", type=int, default=None, help="Image width (default: the bundle's default).")
 @click.option("--height", type=int, default=None, help="Image height (default: the bundle's default).")
 @click.option("--noise", type=click.Choice(["torch", "numpy"]), default="torch", show_default=True,
               help="'torch' reproduces torch.randn for the seed (same image as diffusers); 'numpy' uses numpy's.")
-@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
+              help="Output PNG: the image, or a grid (a row per prompt) when there are several.")
 @click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
-              help="Also save the latents after every step to this .npy file.")
+              help="Also save the latents after every step to this .npy file (steps, images, C, h, w).")
 @runtime_options
 @user_errors
-def generate(bundle, prompt, negative_prompt, steps, guidance, eta, seed, width, height, noise, out,
-             save_latents, backend, provider, low_memory, skip_hash_check):
-    """Generate one image from PROMPT with the bundle at BUNDLE."""
+def generate(bundle, prompts, negative_prompt, steps, guidance, eta, seed, images_per_prompt, width, height, noise,
+             out, save_latents, backend, provider, low_memory, skip_hash_check):
+    """Generate images from one or more prompts with the bundle at BUNDLE."""
     import numpy as np
     from PIL import Image
     from tqdm import tqdm
@@ -97,19 +102,40 @@ def generate(bundle, prompt, negative_prompt, steps, guidance, eta, seed, width,
     from .pipeline import GenerateConfig
 
     pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
-    cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance,
-                         eta=eta, seed=seed, width=width, height=height, noise=noise)
     pipe.resolve_size(width, height)  # fail before loading anything
+    jobs = [(p, seed + i * images_per_prompt + j) for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     pipe.components.load_all()
-    with tqdm(total=steps, desc="denoising", unit="step", disable=None) as bar:
-        result = pipe.generate(cfg, trace=save_latents is not None, progress=bar)
+    results = []
+    with tqdm(total=steps * len(jobs), desc="denoising", unit="step", disable=None) as bar:
+        for prompt, s in jobs:
+            cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                                 guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise)
+            results.append(pipe.generate(cfg, trace=save_latents is not None, progress=bar))
+    images = [r.image for r in results]
+    grid = images[0] if len(images) == 1 else make_grid(images, cols=images_per_prompt if len(prompts) > 1
+                                                          else min(len(images), 8))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.image).save(out)
+    Image.fromarray(grid).save(out)
     if save_latents:
-        np.save(save_latents, np.stack(result.latents))
-    secs = result.seconds
-    click.echo(f"wrote {out} ({result.image.shape[1]}x{result.image.shape[0]}, {steps} steps, seed {seed}) "
-               f"in {secs['total']:.2f} s (unet {secs.get('unet', 0):.2f} s, overhead {result.overhead_seconds:.3f} s)")
+        np.save(save_latents, np.stack([np.concatenate(r.latents) for r in results], axis=1))
+    total = sum(r.seconds["total"] for r in results)
+    overhead = sum(r.overhead_seconds for r in results)
+    h, w = images[0].shape[:2]
+    click.echo(f"wrote {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {w}x{h}, {steps} steps, "
+               f"seed {seed}) in {total:.2f} s (runtime overhead {overhead:.3f} s)")
+
+
+def make_grid(images, cols: int):
+    """Tile equally sized HxWx3 images into rows of ``cols``, with a 2-pixel white gutter."""
+    import numpy as np
+
+    h, w, c = images[0].shape
+    rows = -(-len(images) // cols)
+    grid = np.full((rows * (h + 2) - 2, cols * (w + 2) - 2, c), 255, np.uint8)
+    for k, img in enumerate(images):
+        r, q = divmod(k, cols)
+        grid[r * (h + 2):r * (h + 2) + h, q * (w + 2):q * (w + 2) + w] = img
+    return grid
 
 
 @main.command()

@@ -127,3 +127,19 @@ def test_ldm_export_build_cli_refuses_bad_resolution_in_one_line(tiny_sd, tmp_pa
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error: resolution 33x32 is not a multiple of 4")
     assert not (tmp_path / "b").exists()
+
+
+def test_several_prompts_make_a_grid_matching_single_runs(tiny_bundle, tmp_path):
+    grid, single = tmp_path / "grid.png", tmp_path / "one.png"
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "-p", "a red circle", "-p", "a blue square", "-n", "2",
+                            "--steps", "2", "--seed", "10", "--out", str(grid), "--save-latents",
+                            str(tmp_path / "l.npy")))
+    assert r.returncode == 0, r.stderr
+    g = np.asarray(Image.open(grid))
+    assert g.shape == (2 * 32 + 2, 2 * 32 + 2, 3)
+    assert np.load(tmp_path / "l.npy").shape == (2, 4, 4, 16, 16)
+    # the second image of the second prompt used seed 10 + 3
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "-p", "a blue square", "--steps", "2", "--seed", "13",
+                            "--out", str(single)))
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(g[34:, 34:], np.asarray(Image.open(single)))
