@@ -62,6 +62,7 @@ def finalize_manifest(staging: Path, manifest: dict) -> dict:
     files = {}
     for p in sorted(q for q in staging.rglob("*") if q.is_file()):
         rel = p.relative_to(staging).as_posix()
+        p.chmod(0o644)  # onnx writes external data as 0600; a bundle is copied to other users' devices
         if rel != MANIFEST:
             files[rel] = sha256_file(p)
     manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}

@@ -27,6 +27,7 @@ def test_bundle_layout_and_manifest(tiny_bundle):
     assert m["scheduler"]["beta_schedule"] == "scaled_linear" and "_class_name" not in m["scheduler"]
     for rel, digest in m["files"].items():
         assert sha256_file(tiny_bundle / rel) == digest
+        assert (tiny_bundle / rel).stat().st_mode & 0o644 == 0o644, f"{rel} must be readable by all"
     # no staging leftovers beside the bundle
     assert not [p for p in tiny_bundle.parent.iterdir() if p.name.startswith(".")]
 
