@@ -70,8 +70,14 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--prompt", "-p", "prompts", required=True, multiple=True,
-              help="What to generate. Repeat it to generate several images, saved as one grid.")
+@click.option("--prompt", "-p", "prompts", multiple=True,
+              help="What to generate (text-conditioned bundles). Repeat it to generate several images, "
+                   "saved as one grid.")
+@click.option("--class-label", type=int, default=None, help="Class to generate (class-conditional bundles).")
+@click.option("--image", "image_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Input image: the low-resolution image (super-resolution) or the image to inpaint.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Inpainting mask, same size as --image: white = repaint, black = keep.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
 @click.option("--guidance", default=7.5, show_default=True, type=float,
@@ -92,9 +98,11 @@ def main(verbose: bool) -> None:
               help="Also save the latents after every step to this .npy file (steps, images, C, h, w).")
 @runtime_options
 @user_errors
-def generate(bundle, prompts, negative_prompt, steps, guidance, eta, seed, images_per_prompt, width, height, noise,
-             out, save_latents, backend, provider, low_memory, skip_hash_check):
-    """Generate images from one or more prompts with the bundle at BUNDLE."""
+def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, guidance, eta, seed,
+             images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
+             skip_hash_check):
+    """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
+    depending on the model family (`ldm-run info BUNDLE` tells which)."""
     import numpy as np
     from PIL import Image
     from tqdm import tqdm
@@ -102,14 +110,22 @@ def generate(bundle, prompts, negative_prompt, steps, guidance, eta, seed, image
     from .pipeline import GenerateConfig
 
     pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
-    pipe.resolve_size(width, height)  # fail before loading anything
+    image = _read_image(image_path, "RGB")
+    mask = _read_image(mask_path, "L")
+    if not prompts:
+        if pipe.conditioning["kind"] == "text":
+            raise UserError("this bundle is text-conditioned: give a --prompt")
+        prompts = ("",)
+    probe = GenerateConfig(prompt=prompts[0], width=width, height=height, image=image, mask=mask)
+    pipe.output_size(probe)  # fail on a bad size or missing input before loading anything
     jobs = [(p, seed + i * images_per_prompt + j) for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     pipe.components.load_all()
     results = []
     with tqdm(total=steps * len(jobs), desc="denoising", unit="step", disable=None) as bar:
         for prompt, s in jobs:
             cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                                 guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise)
+                                 guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise,
+                                 class_label=class_label, image=image, mask=mask)
             results.append(pipe.generate(cfg, trace=save_latents is not None, progress=bar))
     images = [r.image for r in results]
     grid = images[0] if len(images) == 1 else make_grid(images, cols=images_per_prompt if len(prompts) > 1
@@ -123,6 +139,20 @@ def generate(bundle, prompts, negative_prompt, steps, guidance, eta, seed, image
     h, w = images[0].shape[:2]
     click.echo(f"wrote {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {w}x{h}, {steps} steps, "
                f"seed {seed}) in {total:.2f} s (runtime overhead {overhead:.3f} s)")
+
+
+def _read_image(path: str | None, mode: str):
+    """An image file as a uint8 array in ``mode`` ('RGB' or 'L'), or None."""
+    if path is None:
+        return None
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"cannot read image {path}: {e}") from e
 
 
 def make_grid(images, cols: int):

@@ -1,8 +1,14 @@
-"""Text-to-image generation from a bundle, knowing nothing about backends.
+"""Generation from a bundle, knowing nothing about backends.
 
-tokenize → text encoder → DDIM loop with classifier-free guidance → decoder → image.
-The order in which noise is drawn follows diffusers' StableDiffusionPipeline, so
-a seed gives the image the PyTorch pipeline gives with that seed.
+condition (prompt → text encoder, class label → embedding, or nothing) → initial noise →
+extra UNet input channels (low-resolution image; inpainting mask + masked-image latents) →
+DDIM loop with classifier-free guidance → decoder → image.
+
+What differs between the paper's model families is data in the manifest (which
+conditioning, which guidance rule, which channels are concatenated, how latents
+are scaled before decoding), not code paths per family. The order in which noise
+is drawn follows the diffusers pipeline of each family, so a seed gives the image
+the PyTorch pipeline gives with that seed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class GenerateConfig:
     width: int | None = None   # None: the bundle's default resolution
     height: int | None = None
     noise: str = "torch"       # "torch": torch.randn-compatible stream; "numpy": numpy's own
+    class_label: int | None = None      # class-conditional bundles
+    image: np.ndarray | None = None     # uint8 (H, W, 3): low-resolution input or image to inpaint
+    mask: np.ndarray | None = None      # uint8 (H, W) or (H, W, 3): white = repaint (inpainting)
 
 
 @dataclass
@@ -113,12 +122,29 @@ def to_uint8(decoded: np.ndarray) -> np.ndarray:
     return (image.transpose(1, 2, 0) * 255).round().astype(np.uint8)
 
 
+GUIDANCE_RULES = {
+    "greater_than_one": lambda g: g > 1.0,   # StableDiffusion*Pipeline
+    "not_one": lambda g: g != 1.0,           # LDMTextToImagePipeline
+    "never": lambda g: False,                # unconditional, super-resolution
+}
+
+
+def guidance_of(manifest: dict) -> dict:
+    """The manifest's guidance rule; text bundles written before the key existed guide when scale > 1."""
+    default = {"rule": "greater_than_one" if manifest["conditioning"]["kind"] in ("text", "class") else "never",
+               "negative_prompt": manifest["conditioning"]["kind"] == "text"}
+    return {**default, **manifest.get("guidance", {})}
+
+
 class Pipeline:
     def __init__(self, bundle: Bundle, components: Components):
         self.bundle = bundle
         self.components = components
         m = bundle.manifest
         self.sampler = DDIMSampler(DDIMConfig.from_scheduler_config(m["scheduler"]))
+        self.conditioning = m["conditioning"]
+        self.guidance = guidance_of(m)
+        self.concat = m.get("unet_concat", [])
         self.tokenizer = (ClipTokenizer.from_bundle(bundle.path(m["tokenizer"]["file"]), m["tokenizer"])
                           if bundle.has_text_encoder else None)
 
@@ -138,16 +164,28 @@ class Pipeline:
                             f"rebuild with --resolution {w}x{h}")
         return w, h
 
-    # -- stages ------------------------------------------------------------
-    def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool) -> np.ndarray:
-        """Text embeddings, unconditional half first when guidance is on (as diffusers)."""
-        if self.tokenizer is None:
-            raise UserError("this bundle has no text encoder, so it takes no prompt")
-        texts = [negative_prompt, prompt] if cfg else [prompt]
-        ids = self.tokenizer.encode(texts)
-        with self.components.use("text_encoder") as te:
-            return self.run_batch(te, {"input_ids": ids}, where="encoding the prompt")
+    def output_size(self, cfg: GenerateConfig) -> tuple[int, int]:
+        """The image size to generate: from the input image where the family takes one."""
+        f = self.bundle.manifest["latent"]["downsample_factor"]
+        if "low_res_image" in self.concat:
+            if cfg.image is None:
+                raise UserError("this super-resolution bundle needs a low-resolution input image (--image)")
+            h, w = cfg.image.shape[:2]
+            return self.resolve_size(w * f, h * f)
+        if "mask" in self.concat:
+            if cfg.image is None or cfg.mask is None:
+                raise UserError("this inpainting bundle needs an image and a mask (--image, --mask)")
+            if cfg.mask.shape[:2] != cfg.image.shape[:2]:
+                raise UserError(f"the mask is {cfg.mask.shape[1]}x{cfg.mask.shape[0]} but the image is "
+                                f"{cfg.image.shape[1]}x{cfg.image.shape[0]}; they must be the same size")
+            h, w = cfg.image.shape[:2]
+            if (cfg.width, cfg.height) not in ((None, None), (w, h)):
+                raise UserError(f"--width/--height {cfg.width}x{cfg.height} differ from the image's {w}x{h}; "
+                                "resize the image and mask instead")
+            return self.resolve_size(w, h)
+        return self.resolve_size(cfg.width, cfg.height)
 
+    # -- stages ------------------------------------------------------------
     def run_batch(self, runner: Runner, feeds: dict[str, np.ndarray], where: str) -> np.ndarray:
         """Run a batch at once, or one sample at a time when the component's batch is fixed to 1."""
         out_name = next(iter(runner.spec["outputs"]))
@@ -158,14 +196,74 @@ class Pipeline:
             return np.concatenate(parts, axis=0)
         return self.components.run(runner, feeds, where)[out_name]
 
-    def denoise(self, latents: np.ndarray, context: np.ndarray, cfg: GenerateConfig, timesteps, generator,
-                trace: list | None, progress) -> np.ndarray:
-        use_cfg = context.shape[0] == 2
+    def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool) -> np.ndarray:
+        """Text embeddings, unconditional half first when guidance is on (as diffusers)."""
+        if self.tokenizer is None:
+            raise UserError("this bundle has no text encoder, so it takes no prompt")
+        if negative_prompt and not self.guidance["negative_prompt"]:
+            raise UserError("this model's reference pipeline has no negative prompt; leave --negative-prompt out")
+        texts = [negative_prompt, prompt] if cfg else [prompt]
+        ids = self.tokenizer.encode(texts)
+        with self.components.use("text_encoder") as te:
+            return self.run_batch(te, {"input_ids": ids}, where="encoding the prompt")
+
+    def class_labels(self, label: int | None, cfg: bool) -> np.ndarray:
+        n, null = self.conditioning["num_classes"], self.conditioning.get("null_class")
+        if label is None:
+            raise UserError(f"this class-conditional bundle needs --class-label (0 … {n - 1})")
+        if not 0 <= label < n:
+            raise UserError(f"class label {label} is out of range; this model has classes 0 … {n - 1}")
+        if cfg and null is None:
+            raise UserError("this class-conditional model has no unconditional class, so it cannot use "
+                            "guidance; pass --guidance 1")
+        return np.array([null, label] if cfg else [label], dtype=np.int64)
+
+    def condition(self, cfg: GenerateConfig, use_cfg: bool) -> dict[str, np.ndarray]:
+        """The UNet's conditioning inputs for the batch (unconditional row first under guidance)."""
+        kind = self.conditioning["kind"]
+        if kind == "text":
+            return {"encoder_hidden_states": self.encode_prompt(cfg.prompt, cfg.negative_prompt, use_cfg)}
+        if cfg.prompt or cfg.negative_prompt:
+            raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no prompt")
+        if kind == "class":
+            labels = self.class_labels(cfg.class_label, use_cfg)
+            if self.conditioning.get("via") == "context":
+                with self.components.use("class_embedder") as emb:
+                    return {"encoder_hidden_states": self.run_batch(emb, {"class_labels": labels}, "embedding the class")}
+            return {"class_labels": labels}
+        if cfg.class_label is not None:
+            raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no class label")
+        return {}
+
+    def concat_inputs(self, cfg: GenerateConfig, latent_hw: tuple[int, int], generator) -> np.ndarray | None:
+        """Channels concatenated to the latents at every step, drawn after the initial noise (as diffusers)."""
+        if not self.concat:
+            return None
+        if "low_res_image" in self.concat:
+            return image_to_model(cfg.image)
+        lat = self.bundle.manifest["latent"]
+        image = image_to_model(cfg.image)
+        mask = binarize_mask(cfg.mask)                                   # (1, 1, H, W), 1 = repaint
+        masked = (image * (mask < 0.5)).astype(np.float32)
+        with self.components.use("vae_encoder") as enc:
+            runner_out = self.components.run(enc, {"image": masked}, "encoding the masked image")
+        mean, std = runner_out["latent_mean"], runner_out["latent_std"]
+        sample = mean + std * generator.randn(mean.shape)                # DiagonalGaussian.sample, same draw
+        masked_latents = (np.float32(lat["scaling_factor"]) * sample).astype(np.float32)
+        small_mask = resize_nearest(mask, latent_hw)
+        return np.concatenate([small_mask, masked_latents], axis=1)
+
+    def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], extra: np.ndarray | None,
+                cfg: GenerateConfig, use_cfg: bool, timesteps, generator, trace: list | None,
+                progress) -> np.ndarray:
         with self.components.use("unet") as unet:
+            wanted = unet.spec["inputs"]
             for i, t in enumerate(timesteps):
                 model_in = np.concatenate([latents, latents]) if use_cfg else latents
+                if extra is not None:
+                    model_in = np.concatenate([model_in, np.concatenate([extra] * model_in.shape[0])], axis=1)
                 feeds = {"sample": model_in, "timestep": np.full((model_in.shape[0],), t, dtype=np.float32),
-                         "encoder_hidden_states": context}
+                         **{k: v for k, v in cond.items() if k in wanted}}
                 out = self.run_batch(unet, feeds, where=f"step {i + 1}/{len(timesteps)} (t={int(t)})")
                 noise_pred = guidance(out[0:1], out[1:2], cfg.guidance_scale) if use_cfg else out
                 noise = generator.randn(latents.shape) if cfg.eta > 0 else None
@@ -177,29 +275,64 @@ class Pipeline:
                     progress.update(1)
         return latents
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decoder_input(self, latents: np.ndarray) -> np.ndarray:
+        """Latents → decoder input, with the arithmetic of the family's reference pipeline."""
         lat = self.bundle.manifest["latent"]
-        z = (latents / np.float32(lat["scaling_factor"]) + np.float32(lat["shift_factor"])).astype(np.float32)
+        how = lat.get("decode_scale", "divide")
+        if how == "divide":
+            z = latents / np.float32(lat["scaling_factor"]) + np.float32(lat["shift_factor"])
+        elif how == "multiply_reciprocal":
+            z = np.float32(1.0 / lat["scaling_factor"]) * latents
+        else:
+            z = latents
+        return z.astype(np.float32)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
         with self.components.use("vae_decoder") as dec:
-            return self.components.run(dec, {"latent": z}, "decoding")["image"]
+            return self.components.run(dec, {"latent": self.decoder_input(latents)}, "decoding")["image"]
 
     # -- the whole job -----------------------------------------------------
     def generate(self, cfg: GenerateConfig, trace: bool = False, progress=None) -> GenerateResult:
         start = time.perf_counter()
         self.components.seconds.clear()
-        width, height = self.resolve_size(cfg.width, cfg.height)
-        use_cfg = cfg.guidance_scale > 1.0
-        context = self.encode_prompt(cfg.prompt, cfg.negative_prompt, use_cfg)
+        width, height = self.output_size(cfg)
+        use_cfg = GUIDANCE_RULES[self.guidance["rule"]](cfg.guidance_scale)
+        cond = self.condition(cfg, use_cfg)
         timesteps = self.sampler.timesteps(cfg.steps)
         lat = self.bundle.manifest["latent"]
         f = lat["downsample_factor"]
         generator = make_generator(cfg.noise, cfg.seed)
         # DDIM's init_noise_sigma is 1: the initial latents are the raw normal draw.
         latents = generator.randn((1, lat["channels"], height // f, width // f))
+        extra = self.concat_inputs(cfg, (height // f, width // f), generator)
         steps: list[np.ndarray] | None = [] if trace else None
-        latents = self.denoise(latents, context, cfg, timesteps, generator, steps, progress)
+        latents = self.denoise(latents, cond, extra, cfg, use_cfg, timesteps, generator, steps, progress)
         decoded = self.decode(latents)
         seconds = dict(self.components.seconds, total=time.perf_counter() - start)
         return GenerateResult(image=to_uint8(decoded), decoded=decoded, timesteps=timesteps,
                               latents=steps or [], seconds=seconds)
 
+
+def image_to_model(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) → float32 (1, 3, H, W) in [-1, 1], as diffusers' image processors do."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise UserError(f"expected an RGB uint8 image (H, W, 3); got {image.dtype} {image.shape}")
+    x = image.astype(np.float32) / np.float32(255.0)
+    return (np.float32(2.0) * x - np.float32(1.0)).transpose(2, 0, 1)[None].copy()
+
+
+def binarize_mask(mask: np.ndarray) -> np.ndarray:
+    """uint8 mask (H, W) or (H, W, 3) → float32 (1, 1, H, W) of 0/1 (white, ≥ 0.5, means repaint)."""
+    if mask.ndim == 3:  # PIL's convert("L"): ITU-R 601-2 luma in 16-bit fixed point
+        r, g, b = (mask[..., i].astype(np.int64) for i in range(3))
+        mask = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+    m = mask.astype(np.float32) / np.float32(255.0)
+    return (m >= 0.5).astype(np.float32)[None, None]
+
+
+def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """torch.nn.functional.interpolate(x, size, mode='nearest'): source index floor(i * in / out)."""
+    h, w = x.shape[-2:]
+    rows = np.floor(np.arange(size[0]) * (h / size[0])).astype(int)
+    cols = np.floor(np.arange(size[1]) * (w / size[1])).astype(int)
+    return x[..., rows[:, None], cols[None, :]]
