@@ -14,9 +14,8 @@ from ldm_runtime.errors import UserError
 from . import __version__
 from .bundle import finalize_manifest, staging_folder
 from .export import OPSET, check_against_torch, component_graphs, export_onnx
-from .golden import GoldenConfig, golden_arrays, write_golden
+from .golden import GoldenConfig, golden_arrays, manifest_entry, write_golden
 from .loading import LoadedModel, load_model
-from .reference import reference_pipeline
 from .targets import get_target
 from .tokenizer_export import export_tokenizer
 
@@ -27,6 +26,9 @@ PRECISIONS = ("fp32",)
 class BuildConfig:
     model: Path
     out: Path
+    config: Path | None = None      # original YAML, for single-file checkpoints
+    tokenizer: Path | None = None   # tokenizer folder, for single-file checkpoints
+    factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
     target: str = "onnx"
     precision: str = "fp32"
     resolutions: tuple[tuple[int, int], ...] = ()   # empty: the model's native resolution
@@ -79,15 +81,19 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
         raise UserError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, cfg.config, cfg.tokenizer, dict(cfg.factories))
     sizes = check_resolutions(model, cfg.resolutions)
     graphs = component_graphs(model)
     components: dict[str, dict] = {}
     checks: list[dict] = []
     with staging_folder(cfg.out, cfg.overwrite) as staging:
-        report("exporting the tokenizer")
-        tokenizer = export_tokenizer(model.tokenizer_dir, staging / "tokenizer")
-        tokenizer["file"] = f"tokenizer/{tokenizer['file']}"
+        tokenizer = None
+        if model.conditioning["kind"] == "text":
+            report("exporting the tokenizer")
+            kind = "bert" if model.conditioning.get("encoder") == "ldmbert" else "clip"
+            tokenizer = export_tokenizer(model.tokenizer_dir, staging / "tokenizer", kind=kind,
+                                         max_length=model.tokenizer_max_length)
+            tokenizer["file"] = f"tokenizer/{tokenizer['file']}"
         for g in graphs:
             report(f"exporting {g.name} to ONNX")
             files = export_onnx(g, staging, sizes[0])
@@ -96,10 +102,9 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
             files = target.compile(staging, g.name, files)
             components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
                                   "inputs": g.inputs, "outputs": g.outputs}
-        report(f"recording golden vectors ({cfg.golden.steps} DDIM steps with diffusers)")
+        report(f"recording golden vectors ({cfg.golden.steps} DDIM steps of the torch reference)")
         w, h = min(sizes, key=lambda s: s[0] * s[1])
-        arrays = golden_arrays(reference_pipeline(model), graphs, cfg.golden, w, h,
-                               model.scaling_factor, model.shift_factor)
+        arrays, request = golden_arrays(model, graphs, cfg.golden, w, h)
         write_golden(staging / "golden" / "golden.npz", arrays)
         (staging / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
         report("writing the manifest")
@@ -110,15 +115,17 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
             "backend": {"name": target.backend, "onnx_opset": OPSET, "versions": target.versions()},
             "device_constraints": target.device_constraints(),
             "latent": {"channels": model.latent_channels, "downsample_factor": model.vae_factor,
-                       "scaling_factor": model.scaling_factor, "shift_factor": model.shift_factor},
+                       "scaling_factor": model.scaling_factor, "shift_factor": model.shift_factor,
+                       "decode_scale": model.decode_scale},
             "autoencoder": {"kind": model.autoencoder_kind},
-            "conditioning": {"kind": "text", "max_length": model.text_max_length,
-                             "hidden_size": model.text_hidden_size},
+            "conditioning": model.manifest_conditioning,
+            "guidance": model.guidance,
+            "unet_concat": model.unet_concat,
             "resolution": resolution_entry(model, sizes),
             "scheduler": model.scheduler_config,
-            "tokenizer": tokenizer,
+            **({"tokenizer": tokenizer} if tokenizer else {}),
             "components": components,
-            "golden": cfg.golden.manifest_entry("golden/golden.npz", w, h),
+            "golden": manifest_entry(request, "golden/golden.npz"),
             "build": {"seconds": round(time.perf_counter() - t0, 1), "checks": checks},
         })
     report(f"bundle written to {cfg.out} in {time.perf_counter() - t0:.1f} s")

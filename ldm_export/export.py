@@ -30,43 +30,33 @@ def _torch():
     return torch
 
 
-def _wrappers():
-    """Wrapper modules, defined lazily so importing this file does not import torch."""
+def _wrap(forward, module, n_outputs: int = 1):
+    """A torch.nn.Module whose forward is ``forward(module, *inputs)``."""
     torch = _torch()
 
-    class TextEncoder(torch.nn.Module):
-        def __init__(self, m):
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
             super().__init__()
-            self.m = m
+            self.m = module
 
-        def forward(self, input_ids):
-            return self.m(input_ids, return_dict=False)[0]
+        def forward(self, *inputs):
+            return forward(self.m, *inputs)
 
-    class UNet(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    # eval(): torch.onnx.export restores the wrapper's training flag afterwards, recursively; a new module
+    # is in training mode, which would switch dropout on in the wrapped model after the export.
+    return Wrapper().eval()
 
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.m(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
-    class VaeDecoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+def _unet_forward(extra: tuple[str, ...]):
+    def forward(m, sample, timestep, *rest):
+        return m(sample, timestep, **dict(zip(extra, rest)), return_dict=False)[0]
 
-        def forward(self, latent):
-            return self.m.decode(latent, return_dict=False)[0]
+    return forward
 
-    class VaeEncoder(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
 
-        def forward(self, image):
-            return self.m.encode(image, return_dict=False)[0].mean
-
-    return TextEncoder, UNet, VaeDecoder, VaeEncoder
+def _kl_encode(m, image):
+    dist = m.encode(image, return_dict=False)[0]
+    return dist.mean, dist.std
 
 
 @dataclass
@@ -85,51 +75,85 @@ class ComponentGraph:
                 for n, s in {**self.inputs, **self.outputs}.items()}
 
 
+def _f32(*shape) -> dict:
+    return {"dtype": "float32", "shape": list(shape)}
+
+
 def component_graphs(model: LoadedModel) -> list[ComponentGraph]:
-    TextEncoder, UNet, VaeDecoder, VaeEncoder = _wrappers()
-    c, f, L, H = model.latent_channels, model.vae_factor, model.text_max_length, model.text_hidden_size
-    vocab = int(model.text_encoder.config.vocab_size)
+    """The components of ``model`` with fixed IO names, in the order they are exported."""
+    c, f = model.latent_channels, model.vae_factor
+    lat = ("batch", c, "latent_height", "latent_width")
+    graphs: list[ComponentGraph] = []
+    cond = model.conditioning
 
-    def lat(name):
-        return {name: {"dtype": "float32", "shape": ["batch", c, "latent_height", "latent_width"]}}
+    if cond["kind"] == "text":
+        L, H = model.text_max_length, model.text_hidden_size
+        vocab = int(model.text_encoder.config.vocab_size)
+        graphs.append(ComponentGraph(
+            "text_encoder", _wrap(lambda m, ids: m(ids)[0], model.text_encoder),
+            {"input_ids": {"dtype": "int64", "shape": ["batch", L]}}, {"text_embeddings": _f32("batch", L, H)},
+            lambda b, w, h, rng: {"input_ids": rng.integers(0, vocab, (b, L)).astype(np.int64)}, spatial=False))
+    if cond["kind"] == "class" and cond.get("via") == "context":
+        n, d = cond["num_classes"], model.class_embedder.embedding_dim
+        graphs.append(ComponentGraph(
+            "class_embedder", _wrap(lambda m, labels: m(labels)[:, None, :], model.class_embedder),
+            {"class_labels": {"dtype": "int64", "shape": ["batch"]}}, {"context": _f32("batch", 1, d)},
+            lambda b, w, h, rng: {"class_labels": rng.integers(0, n, (b,)).astype(np.int64)}, spatial=False))
 
-    def img(name):
-        return {name: {"dtype": "float32", "shape": ["batch", 3, "height", "width"]}}
+    # UNet: latents (+ concatenated channels), timestep, and the conditioning input it takes.
+    extra_in: dict[str, dict] = {}
+    if cond["kind"] == "text":
+        extra_in["encoder_hidden_states"] = _f32("batch", model.text_max_length, model.text_hidden_size)
+    elif cond["kind"] == "class" and cond.get("via") == "context":
+        extra_in["encoder_hidden_states"] = _f32("batch", 1, model.class_embedder.embedding_dim)
+    elif cond["kind"] == "class":
+        extra_in["class_labels"] = {"dtype": "int64", "shape": ["batch"]}
+    unet_c = int(model.unet.config.in_channels)
 
-    return [
-        ComponentGraph(
-            "text_encoder", TextEncoder(model.text_encoder),
-            {"input_ids": {"dtype": "int64", "shape": ["batch", L]}},
-            {"text_embeddings": {"dtype": "float32", "shape": ["batch", L, H]}},
-            lambda b, w, h, rng: {"input_ids": rng.integers(0, vocab, (b, L)).astype(np.int64)},
-            spatial=False,
-        ),
-        ComponentGraph(
-            "unet", UNet(model.unet),
-            {**lat("sample"), "timestep": {"dtype": "float32", "shape": ["batch"]},
-             "encoder_hidden_states": {"dtype": "float32", "shape": ["batch", L, H]}},
-            lat("model_output"),
-            lambda b, w, h, rng: {
-                "sample": rng.standard_normal((b, c, h // f, w // f)).astype(np.float32),
-                "timestep": rng.integers(1, 1000, (b,)).astype(np.float32),
-                "encoder_hidden_states": rng.standard_normal((b, L, H)).astype(np.float32)},
-        ),
-        ComponentGraph(
-            "vae_decoder", VaeDecoder(model.vae), lat("latent"), img("image"),
-            lambda b, w, h, rng: {"latent": rng.standard_normal((b, c, h // f, w // f)).astype(np.float32)},
-        ),
-        ComponentGraph(
-            "vae_encoder", VaeEncoder(model.vae), img("image"), lat("latent_mean"),
-            lambda b, w, h, rng: {"image": rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)},
-        ),
-    ]
+    def unet_inputs(b, w, h, rng, _extra=extra_in):
+        feeds = {"sample": rng.standard_normal((b, unet_c, h // f, w // f)).astype(np.float32),
+                 "timestep": rng.integers(1, 1000, (b,)).astype(np.float32)}
+        for name, spec in _extra.items():
+            if spec["dtype"] == "int64":
+                feeds[name] = rng.integers(0, cond["num_classes"], (b,)).astype(np.int64)
+            else:
+                feeds[name] = rng.standard_normal([b] + spec["shape"][1:]).astype(np.float32)
+        return feeds
+
+    graphs.append(ComponentGraph(
+        "unet", _wrap(_unet_forward(tuple(extra_in)), model.unet),
+        {"sample": _f32("batch", unet_c, "latent_height", "latent_width"), "timestep": _f32("batch"), **extra_in},
+        {"model_output": _f32(*lat)}, unet_inputs))
+
+    # Decoder: VQ models quantize inside the graph (nearest-codebook lookup), as the paper describes.
+    decoder = model.decoder if model.vae is None else model.vae
+    dec_forward = (lambda m, z: m(z)) if model.vae is None else (lambda m, z: m.decode(z, return_dict=False)[0])
+    graphs.append(ComponentGraph(
+        "vae_decoder", _wrap(dec_forward, decoder), {"latent": _f32(*lat)}, {"image": _f32("batch", 3, "height", "width")},
+        lambda b, w, h, rng: {"latent": rng.standard_normal((b, c, h // f, w // f)).astype(np.float32)}))
+
+    enc_outputs = {"latent_mean": _f32(*lat)}
+    if model.vae is None:
+        enc_forward, encoder = (lambda m, x: m(x)), model.encoder
+    elif model.autoencoder_kind == "vq":
+        enc_forward, encoder = (lambda m, x: m.encode(x, return_dict=False)[0]), model.vae
+    else:  # KL: the mean, and the std for samplers that draw from the posterior (inpainting)
+        enc_forward, encoder = _kl_encode, model.vae
+        enc_outputs["latent_std"] = _f32(*lat)
+    if encoder is not None:
+        graphs.append(ComponentGraph(
+            "vae_encoder", _wrap(enc_forward, encoder), {"image": _f32("batch", 3, "height", "width")}, enc_outputs,
+            lambda b, w, h, rng: {"image": rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)}))
+    return graphs
 
 
-def torch_run(graph: ComponentGraph, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def torch_outputs(graph: ComponentGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The wrapper's outputs in torch, by output name."""
     torch = _torch()
     with torch.no_grad():
-        out = graph.module(*[torch.from_numpy(feeds[k]) for k in graph.inputs])
-    return out.float().numpy()
+        out = graph.module(*[torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in graph.inputs])
+    out = out if isinstance(out, tuple) else (out,)
+    return {name: t.float().numpy() for name, t in zip(graph.outputs, out)}
 
 
 def export_onnx(graph: ComponentGraph, out_dir: Path, trace_size: tuple[int, int]) -> list[str]:
@@ -176,13 +200,14 @@ def check_against_torch(graph: ComponentGraph, onnx_path: Path, sizes: list[tupl
     with OnnxRuntimeRunner(graph.name, onnx_path, spec, providers=["CPUExecutionProvider"]) as runner:
         for w, h in sizes if graph.spatial else sizes[:1]:
             feeds = graph.make_inputs(2, w, h, np.random.default_rng(1))
-            got = runner.run(feeds)[next(iter(graph.outputs))]
-            ref = torch_run(graph, feeds)
-            m = compare(got, ref)
-            rows.append({"component": graph.name, "size": f"{w}x{h}" if graph.spatial else "-", **m})
-            if not (m["rel_l2"] <= tol.rel_l2 and m["cosine"] >= tol.min_cosine):
-                raise ParityError(
-                    f"{graph.name} at {w}x{h}: ONNX Runtime differs from torch (max abs {m['max_abs']:.3g}, "
-                    f"rel L2 {m['rel_l2']:.3g} > {tol.rel_l2:g} or cosine {m['cosine']:.6f} < "
-                    f"{tol.min_cosine}); the export is wrong for this model")
+            got = runner.run(feeds)
+            for name, ref in torch_outputs(graph, feeds).items():
+                m = compare(got[name], ref)
+                rows.append({"component": graph.name, "output": name,
+                             "size": f"{w}x{h}" if graph.spatial else "-", **m})
+                if not (m["rel_l2"] <= tol.rel_l2 and m["cosine"] >= tol.min_cosine):
+                    raise ParityError(
+                        f"{graph.name} at {w}x{h}: ONNX Runtime differs from torch in '{name}' (max abs "
+                        f"{m['max_abs']:.3g}, rel L2 {m['rel_l2']:.3g} > {tol.rel_l2:g} or cosine "
+                        f"{m['cosine']:.6f} < {tol.min_cosine}); the export is wrong for this model")
     return rows

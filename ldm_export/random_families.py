@@ -101,6 +101,23 @@ def _f4_vq(*, full: bool = False) -> dict:
                 sample_size=32, scaling_factor=1.0)
 
 
+def _vq_model(**config):
+    """A VQModel whose codebook spans the latents, as a trained one does.
+
+    The default init (uniform ±1/n_e) puts every code near the origin, where random-weight latents
+    (std ~10) sit at almost equal distance from several codes: a 1e-7 difference between two
+    correct implementations of the nearest-code search then flips codes. Trained codebooks do not
+    look like that, so the test models should not either.
+    """
+    import torch
+    from diffusers import VQModel
+
+    vq = VQModel(**config).eval()
+    with torch.no_grad():
+        vq.quantize.embedding.weight.normal_(0.0, 1.0)
+    return vq
+
+
 def _f8_kl(sample_size: int) -> dict:
     """The ``kl-f8`` first stage (lsun_churches / txt2img-1p4B / SD): ch_mult [1,2,4,4], z_channels 4."""
     return dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16, 32, 32),
@@ -128,7 +145,7 @@ def make_tiny_ldm_uncond_vq(folder: Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     with _seeded(seed):
-        vqvae = VQModel(**_f4_vq()).eval()
+        vqvae = _vq_model(**_f4_vq())
         unet = UNet2DModel(
             sample_size=8, in_channels=3, out_channels=3, layers_per_block=2,
             block_out_channels=(8, 16, 24, 32),
@@ -184,7 +201,7 @@ def _cin_vq_and_sched(seed: int):
     from diffusers import DDIMScheduler, VQModel
 
     with _seeded(seed):
-        vqvae = VQModel(**_f4_vq()).eval()
+        vqvae = _vq_model(**_f4_vq())
     return vqvae, DDIMScheduler(**ldm_scheduler(0.0015, 0.0195))
 
 
@@ -413,7 +430,7 @@ def make_tiny_superres(folder: Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     with _seeded(seed):
-        vqvae = VQModel(**_f4_vq()).eval()
+        vqvae = _vq_model(**_f4_vq())
         unet = UNet2DModel(
             sample_size=32, in_channels=6, out_channels=3, layers_per_block=2, block_out_channels=(8, 16, 16, 32),
             down_block_types=("DownBlock2D",) * 3 + ("AttnDownBlock2D",),
@@ -501,7 +518,7 @@ def make_celebahq_ldm_vq4_architecture(folder: Path, seed: int = 0) -> Path:
 
     folder = Path(folder)
     with _seeded(seed):
-        vqvae = VQModel(**_f4_vq(full=True)).eval()
+        vqvae = _vq_model(**_f4_vq(full=True))
         unet = UNet2DModel(
             sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
             block_out_channels=(224, 448, 672, 896),

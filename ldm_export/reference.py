@@ -1,68 +1,218 @@
-"""The torch reference: diffusers' own pipeline with a DDIMScheduler from the model's config.
+"""The torch reference for every family.
 
-Used for the golden trajectory written into every bundle and by ``ldm-export parity``.
+Where diffusers has a pipeline for the family (StableDiffusion*, LDM*), that pipeline
+*is* the reference: it is run unchanged with a DDIMScheduler from the model's config,
+and hooks record what the runtime must reproduce (latents after every step, the
+UNet's inputs at step 2, the decoder's input and output). Class-conditional models
+and custom modules have no diffusers pipeline; they use :func:`_own_loop`, the original
+sampler's algorithm written with diffusers' scheduler.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .loading import LoadedModel
 
 
+@dataclass(frozen=True)
+class Request:
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    seed: int = 0
+    width: int = 64
+    height: int = 64
+    class_label: int | None = None
+    image: np.ndarray | None = None   # uint8 (H, W, 3)
+    mask: np.ndarray | None = None    # uint8 (H, W)
+
+
 @dataclass
 class ReferenceRun:
-    input_ids: np.ndarray        # (batch, L) int64, unconditional row first under guidance
-    text_embeddings: np.ndarray  # (batch, L, H)
     timesteps: np.ndarray
-    latents: list[np.ndarray]    # after each step, (1, C, h, w)
-    decoded: np.ndarray          # decoder output (1, 3, H, W)
-    image: np.ndarray            # uint8 (H, W, 3)
+    latents: list[np.ndarray]           # after each step, (1, C, h, w)
+    decoded: np.ndarray                 # decoder output (1, 3, H, W)
+    image: np.ndarray                   # uint8 (H, W, 3)
+    inputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # component → a real input
 
 
-def reference_pipeline(model: LoadedModel):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTokenizer
-
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoder, unet=model.unet,
-        tokenizer=CLIPTokenizer.from_pretrained(model.tokenizer_dir),
-        scheduler=DDIMScheduler.from_config(model.scheduler_config),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def _np(t):
+    return t.detach().float().numpy().copy() if t.is_floating_point() else t.detach().numpy().copy()
 
 
-def reference_generate(pipe, prompt: str, negative_prompt: str, steps: int, guidance_scale: float,
-                       eta: float, seed: int, width: int, height: int) -> ReferenceRun:
-    """Run diffusers' pipeline and record what the runtime must reproduce."""
+def text_ids(model: LoadedModel, texts: list[str]) -> np.ndarray:
+    """Token ids exactly as the reference pipeline tokenizes (transformers)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model.tokenizer_dir)
+    return tok(texts, padding="max_length", max_length=model.text_max_length, truncation=True,
+               return_tensors="np").input_ids.astype(np.int64)
+
+
+class _Recorder:
+    """Hooks on the scheduler, the UNet and the autoencoder of a pipeline."""
+
+    def __init__(self, scheduler, unet, vae, unet_extra: tuple[str, ...], generator=None):
+        self.latents: list[np.ndarray] = []
+        self.unet_calls: list[dict] = []
+        self.decoder_in = self.decoder_out = self.encoder_in = None
+        self._undo = []
+        step = scheduler.step
+
+        @functools.wraps(step)  # pipelines inspect step's signature to decide whether to pass eta/generator
+        def record_step(*a, **k):
+            if generator is not None and k.get("eta", 0) > 0:
+                # LDMPipeline, LDMTextToImagePipeline and LDMSuperResolutionPipeline pass eta but not their
+                # generator to the step, so at eta > 0 diffusers draws from torch's global RNG and a seed
+                # does not reproduce. The reference passes the pipeline's generator, as StableDiffusion does.
+                k.setdefault("generator", generator)
+            out = step(*a, **k)
+            self.latents.append(_np(out[0] if isinstance(out, tuple) else out.prev_sample))
+            return out
+
+        self._patch(scheduler, "step", record_step)
+
+        def record_unet(_m, args, kwargs):
+            if len(self.unet_calls) < 2:
+                sample, t = args[0], args[1] if len(args) > 1 else kwargs["timestep"]
+                feeds = {"sample": _np(sample),
+                         "timestep": np.full((sample.shape[0],), float(t), dtype=np.float32)}
+                feeds.update({k: _np(kwargs[k]) for k in unet_extra})
+                self.unet_calls.append(feeds)
+
+        self._undo.append(unet.register_forward_pre_hook(record_unet, with_kwargs=True).remove)
+        if vae is None:  # custom decoder: the own loop records its input and output itself
+            return
+        decode, encode = vae.decode, vae.encode
+
+        @functools.wraps(decode)
+        def record_decode(z, *a, **k):
+            out = decode(z, *a, **k)
+            self.decoder_in, self.decoder_out = _np(z), _np(out[0] if isinstance(out, tuple) else out.sample)
+            return out
+
+        @functools.wraps(encode)
+        def record_encode(x, *a, **k):
+            self.encoder_in = _np(x)
+            return encode(x, *a, **k)
+
+        self._patch(vae, "decode", record_decode)
+        self._patch(vae, "encode", record_encode)
+
+    def _patch(self, obj, name, fn):
+        setattr(obj, name, fn)
+        self._undo.append(lambda: delattr(obj, name))
+
+    def close(self):
+        for undo in reversed(self._undo):
+            undo()
+
+
+def _unet_extra(model: LoadedModel) -> tuple[str, ...]:
+    kind = model.conditioning["kind"]
+    if kind == "text" or (kind == "class" and model.conditioning.get("via") == "context"):
+        return ("encoder_hidden_states",)
+    return ("class_labels",) if kind == "class" else ()
+
+
+def _pipeline_call(model: LoadedModel, pipe, req: Request, generator) -> dict:
+    from PIL import Image
+
+    common = dict(num_inference_steps=req.steps, eta=req.eta, generator=generator, output_type="np")
+    family = model.family
+    if family == "super-resolution":
+        return dict(image=Image.fromarray(req.image), **common)
+    if family == "unconditional":
+        return dict(batch_size=1, **common)
+    if model.conditioning.get("encoder") == "ldmbert":
+        return dict(prompt=req.prompt, guidance_scale=req.guidance_scale, height=req.height, width=req.width,
+                    **common)
+    kw = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, guidance_scale=req.guidance_scale,
+              height=req.height, width=req.width, **common)
+    if family == "inpainting":
+        kw.update(image=Image.fromarray(req.image), mask_image=Image.fromarray(req.mask))
+    return kw
+
+
+def reference_generate(model: LoadedModel, req: Request) -> ReferenceRun:
+    """Run the family's reference sampler and record what the runtime must reproduce."""
     import torch
+    from diffusers import DDIMScheduler
 
-    trace: list[np.ndarray] = []
+    if model.reference_pipeline is None:
+        return _own_loop(model, req)
+    pipe = model.reference_pipeline
+    pipe.scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    vae = getattr(pipe, "vae", None) or pipe.vqvae
+    generator = torch.Generator().manual_seed(req.seed)
+    rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator)
+    try:
+        with torch.no_grad():
+            images = pipe(**_pipeline_call(model, pipe, req, generator)).images
+    finally:
+        rec.close()
+    return _finish(model, pipe.scheduler.timesteps, rec, np.asarray(images)[0])
 
-    def on_step(_pipe, _i, _t, kwargs):
-        trace.append(kwargs["latents"].detach().float().numpy().copy())
-        return kwargs
 
-    use_cfg = guidance_scale > 1.0
+def _finish(model: LoadedModel, timesteps, rec: _Recorder, image01: np.ndarray) -> ReferenceRun:
+    """Collect the recorded tensors into a run; the golden inputs of every component come from it."""
+    unet_in = rec.unet_calls[min(1, len(rec.unet_calls) - 1)]  # a real step-2 input
+    inputs = {"unet": unet_in, "vae_decoder": {"latent": rec.decoder_in.astype(np.float32)}}
+    enc_in = rec.encoder_in if rec.encoder_in is not None else np.clip(rec.decoder_out, -1, 1)
+    inputs["vae_encoder"] = {"image": enc_in.astype(np.float32)}
+    return ReferenceRun(timesteps=timesteps.numpy().astype(np.int64), latents=rec.latents,
+                        decoded=rec.decoder_out, image=(image01 * 255).round().astype(np.uint8), inputs=inputs)
+
+
+def _own_loop(model: LoadedModel, req: Request) -> ReferenceRun:
+    """The DDIM sampler of the original repository, written with diffusers' scheduler, for models that
+    have no diffusers pipeline (class-conditional, custom modules). Draws noise in the same order as
+    diffusers' pipelines; guidance per the model's rule, unconditional row first."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    from ldm_runtime.pipeline import GUIDANCE_RULES
+
+    cond = model.conditioning
+    scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    rec = _Recorder(scheduler, model.unet, model.vae, _unet_extra(model))
+    guided = GUIDANCE_RULES[model.guidance["rule"]](req.guidance_scale)
     with torch.no_grad():
-        ids = pipe.tokenizer([negative_prompt, prompt] if use_cfg else [prompt], padding="max_length",
-                             max_length=pipe.tokenizer.model_max_length, truncation=True,
-                             return_tensors="pt").input_ids
-        embeddings = pipe.text_encoder(ids, return_dict=False)[0]
-        latents = pipe(prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
-                       guidance_scale=guidance_scale, eta=eta, width=width, height=height,
-                       generator=torch.Generator().manual_seed(seed), output_type="latent",
-                       callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents"]).images
-        vae = pipe.vae
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        decoded = vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0]
-        image = pipe.image_processor.postprocess(decoded, output_type="np")[0]
-    return ReferenceRun(
-        input_ids=ids.numpy().astype(np.int64), text_embeddings=embeddings.float().numpy(),
-        timesteps=pipe.scheduler.timesteps.numpy().astype(np.int64), latents=trace,
-        decoded=decoded.float().numpy(), image=(image * 255).round().astype(np.uint8),
-    )
+        if cond["kind"] == "text":
+            ids = text_ids(model, [req.negative_prompt, req.prompt] if guided else [req.prompt])
+            extra = {"encoder_hidden_states": model.text_encoder(torch.from_numpy(ids))[0]}
+        elif cond["kind"] == "class":
+            labels = torch.tensor([cond["null_class"], req.class_label] if guided else [req.class_label])
+            extra = ({"encoder_hidden_states": model.class_embedder(labels)[:, None, :]}
+                     if cond.get("via") == "context" else {"class_labels": labels})
+        else:
+            extra = {}
+    f = model.vae_factor
+    g = torch.Generator().manual_seed(req.seed)
+    try:
+        with torch.no_grad():
+            latents = torch.randn((1, model.latent_channels, req.height // f, req.width // f), generator=g)
+            scheduler.set_timesteps(req.steps)
+            for t in scheduler.timesteps:
+                x = torch.cat([latents, latents]) if guided else latents
+                out = model.unet(x, t, **extra, return_dict=False)[0]
+                if guided:
+                    e_null, e_cond = out.chunk(2)
+                    out = e_null + req.guidance_scale * (e_cond - e_null)
+                latents = scheduler.step(out, t, latents, eta=req.eta, generator=g).prev_sample
+            z = latents / model.scaling_factor
+            if model.vae is None:
+                decoded = model.decoder(z)
+                rec.decoder_in, rec.decoder_out = _np(z), _np(decoded)
+            else:
+                decoded = model.vae.decode(z, return_dict=False)[0]
+            image = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
+    finally:
+        rec.close()
+    return _finish(model, scheduler.timesteps, rec, image)

@@ -1,4 +1,4 @@
-"""Export a diffusers pipeline's CLIP tokenizer as one ``tokenizer.json`` for the runtime.
+"""Export a diffusers pipeline's CLIP (or BERT) tokenizer as one ``tokenizer.json`` for the runtime.
 
 transformers 5's ``CLIPTokenizer`` is backed by a ``tokenizers.Tokenizer`` that it
 builds itself from vocab.json + merges.txt (or from the vocab/merges inside a
@@ -13,6 +13,18 @@ truncation=True`` (how diffusers' StableDiffusionPipeline calls it).
 Real tokenizers seen in the wild: SD 1.x pads with "<|endoftext|>", SD 2.x with
 "!" (id 0). Both are handled the same way: the pad id is whatever transformers
 resolves ``pad_token`` to.
+
+BERT (``kind="bert"``): the latent diffusion paper's text-to-image model (diffusers'
+``LDMTextToImagePipeline``) uses a WordPiece ``BertTokenizer``. In transformers 5 it
+too is a ``TokenizersBackend`` whose ``__call__`` only sets truncation/padding and
+calls ``encode_batch``, so the same approach holds: save the backend it built
+(BertNormalizer + BertPreTokenizer + WordPiece + "[CLS] $A [SEP]" template; the
+normalizer comes from tokenizer_config's do_lower_case / strip_accents /
+tokenize_chinese_chars, which is why we save transformers' backend rather than copy
+the folder's tokenizer.json). That pipeline calls its tokenizer with the literal
+``max_length=77``, not ``model_max_length``: pass ``max_length=77`` for it. In the
+spec, ``bos_token_id`` / ``eos_token_id`` are [CLS] / [SEP] (first / last token of
+every row).
 """
 
 from __future__ import annotations
@@ -37,6 +49,16 @@ _PROBES = (
     "café naïve 🚀 日本語 <|endoftext|> don't",
     " ".join(["a red circle above a blue square"] * 20),
 )
+_BERT_PROBES = (
+    "",
+    "a photo of a cat",
+    "  A   PHOTO\tof a Cat!!  ",
+    "an astronaut riding a horse, 4k, 1990's, hi-res?!",
+    "Café naïve Ångström 🚀 日本語 中文 [CLS] [mask] [SEP] don't",
+    "\u200b zero width \u00a0 nbsp \x00 control",
+    " ".join(["a red circle above a blue square"] * 20),
+)
+_KINDS = ("clip", "bert")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -91,10 +113,52 @@ def _load_clip_tokenizer(tokenizer_dir: Path):
         transformers.logging.set_verbosity(verbosity)
 
 
-def export_tokenizer(tokenizer_dir: Path, out_dir: Path) -> dict:
+def _check_bert_folder(tokenizer_dir: Path) -> None:
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"no tokenizer folder at {tokenizer_dir}")
+    has_json = (tokenizer_dir / TOKENIZER_FILE).is_file()
+    has_vocab = (tokenizer_dir / "vocab.txt").is_file()
+    config = tokenizer_dir / "tokenizer_config.json"
+    if config.is_file():
+        cls_name = _read_json(config).get("tokenizer_class")
+        if isinstance(cls_name, str) and not cls_name.startswith("BertTokenizer"):
+            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a BERT tokenizer")
+    if has_json:
+        model = _read_json(tokenizer_dir / TOKENIZER_FILE).get("model")
+        model_type = model.get("type") if isinstance(model, dict) else None
+        if model_type not in (None, "WordPiece"):
+            raise UserError(
+                f"the tokenizer.json in {tokenizer_dir} holds a {model_type} model, not a BERT (WordPiece) tokenizer"
+            )
+    if not (has_json or has_vocab):
+        if (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file():
+            raise UserError(f"the tokenizer in {tokenizer_dir} has vocab.json + merges.txt (BPE, as CLIP), "
+                            "not a BERT tokenizer's vocab.txt")
+        raise UserError(f"no usable tokenizer in {tokenizer_dir}: expected vocab.txt or tokenizer.json")
+
+
+def _load_bert_tokenizer(tokenizer_dir: Path):
+    import transformers
+    from transformers import BertTokenizer
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
+    try:
+        return BertTokenizer.from_pretrained(str(tokenizer_dir))
+    except Exception as exc:  # corrupt vocab/config: the user's files, not our bug
+        raise UserError(f"cannot load the BERT tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+
+
+def _usable_length(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 2 <= value <= _MAX_SANE_LENGTH
+
+
+def export_tokenizer(tokenizer_dir: Path, out_dir: Path, kind: str = "clip", max_length: int | None = None) -> dict:
     """Write ``out_dir/tokenizer.json`` and return the manifest's tokenizer spec.
 
-    The spec (consumed by ``ldm_runtime.tokenizer.ClipTokenizer.from_bundle``)::
+    The spec (consumed by ``ldm_runtime.tokenizer.Tokenizer.from_bundle``)::
 
         {"file": "tokenizer.json", "kind": "clip", "model_max_length": 77,
          "pad_token_id": 49407, "bos_token_id": 49406, "eos_token_id": 49407,
@@ -102,8 +166,24 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path) -> dict:
          "split_special_tokens": false}
 
     ``do_lower_case`` is informational (lowercasing is in tokenizer.json's normalizer).
+
+    ``kind="bert"`` exports a WordPiece ``BertTokenizer`` (LDMTextToImagePipeline)::
+
+        {"file": "tokenizer.json", "kind": "bert", "model_max_length": 77,
+         "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3,
+         "do_lower_case": true, "padding_side": "right", "truncation_side": "right",
+         "split_special_tokens": false}
+
+    with bos/eos = [CLS]/[SEP]. ``max_length``, if given, replaces the tokenizer's
+    ``model_max_length`` (the ids are those of ``tokenizer(..., max_length=max_length)``).
     """
+    if kind not in _KINDS:
+        raise UserError(f"unknown tokenizer kind {kind!r}; expected one of: {', '.join(_KINDS)}")
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    if max_length is not None and not _usable_length(max_length):
+        raise UserError(f"max_length must be an integer from 2 to {_MAX_SANE_LENGTH}, got {max_length!r}")
+    if kind == "bert":
+        return _export_bert(tokenizer_dir, out_dir, max_length)
     _check_folder(tokenizer_dir)
     tok = _load_clip_tokenizer(tokenizer_dir)
 
@@ -116,7 +196,7 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path) -> dict:
     missing = [name for name, value in ids.items() if value is None]
     if missing:
         raise UserError(f"the CLIP tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its vocabulary")
-    max_len = tok.model_max_length
+    max_len = tok.model_max_length if max_length is None else max_length
     if not isinstance(max_len, int) or not 2 <= max_len <= _MAX_SANE_LENGTH:
         raise UserError(
             f"the CLIP tokenizer in {tokenizer_dir} has no usable model_max_length "
@@ -136,30 +216,73 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path) -> dict:
         "split_special_tokens": bool(tok.split_special_tokens),
     }
 
+    _write(backend_json, out_dir)
+    _self_check(tok, out_dir / TOKENIZER_FILE, spec, _PROBES)
+    return spec
+
+
+def _export_bert(tokenizer_dir: Path, out_dir: Path, max_length: int | None) -> dict:
+    _check_bert_folder(tokenizer_dir)
+    tok = _load_bert_tokenizer(tokenizer_dir)
+
+    backend_json = json.loads(tok.backend_tokenizer.to_str())
+    model = backend_json.get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise UserError(f"the tokenizer in {tokenizer_dir} is not a BERT tokenizer (WordPiece)")
+    unk = model.get("unk_token")
+    if unk not in (model.get("vocab") or {}):
+        raise UserError(f"the BERT tokenizer in {tokenizer_dir} has no unknown token {unk!r} in its vocabulary")
+
+    ids = {name: getattr(tok, f"{name}_token_id") for name in ("pad", "cls", "sep")}
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise UserError(f"the BERT tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its vocabulary")
+    max_len = tok.model_max_length if max_length is None else max_length
+    if not _usable_length(max_len):
+        raise UserError(
+            f"the BERT tokenizer in {tokenizer_dir} has no usable model_max_length (got {max_len}); "
+            "set it in tokenizer_config.json or pass max_length (77 for LDMTextToImagePipeline)"
+        )
+    normalizer = backend_json.get("normalizer") or {}
+    spec = {
+        "file": TOKENIZER_FILE,
+        "kind": "bert",
+        "model_max_length": int(max_len),
+        "pad_token_id": int(ids["pad"]),
+        "bos_token_id": int(ids["cls"]),
+        "eos_token_id": int(ids["sep"]),
+        "do_lower_case": bool(normalizer.get("lowercase")) or "Lowercase" in json.dumps(normalizer),
+        "padding_side": tok.padding_side,
+        "truncation_side": tok.truncation_side,
+        "split_special_tokens": bool(tok.split_special_tokens),
+    }
+    _write(backend_json, out_dir)
+    _self_check(tok, out_dir / TOKENIZER_FILE, spec, _BERT_PROBES)
+    return spec
+
+
+def _write(backend_json: dict, out_dir: Path) -> None:
     backend_json["truncation"] = None  # transformers sets these per call; so does the runtime
     backend_json["padding"] = None
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / TOKENIZER_FILE
     path.write_text(json.dumps(backend_json, ensure_ascii=False, indent=2), encoding="utf-8")
 
-    _self_check(tok, path, spec)
-    return spec
 
-
-def _self_check(tok, path: Path, spec: dict) -> None:
+def _self_check(tok, path: Path, spec: dict, probes: tuple[str, ...]) -> None:
     import logging
 
-    from ldm_runtime.tokenizer import ClipTokenizer
+    from ldm_runtime.tokenizer import Tokenizer
 
-    runtime = ClipTokenizer.from_bundle(path, spec)
+    runtime = Tokenizer.from_bundle(path, spec)
     logger = logging.getLogger("ldm_runtime.tokenizer")
     level = logger.level
     logger.setLevel(logging.ERROR)  # the long probe is truncated on purpose
     try:
-        got = runtime.encode(list(_PROBES)).tolist()
+        got = runtime.encode(list(probes)).tolist()
     finally:
         logger.setLevel(level)
-    want = tok(list(_PROBES), padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    want = tok(list(probes), padding="max_length", max_length=spec["model_max_length"], truncation=True).input_ids
     if got != want:
         bad = next(i for i, (g, w) in enumerate(zip(got, want)) if g != w)
-        raise RuntimeError(f"exported tokenizer disagrees with transformers on {_PROBES[bad]!r}: {got[bad]} != {want[bad]}")
+        raise RuntimeError(f"exported tokenizer disagrees with transformers on {probes[bad]!r}: {got[bad]} != {want[bad]}")

@@ -18,7 +18,7 @@ from .errors import BundleError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "class_embedder", "unet", "vae_decoder", "vae_encoder")
 DTYPES = ("float32", "float16", "int64", "int32")
 
 # Required keys of each manifest section and the JSON type each must have.

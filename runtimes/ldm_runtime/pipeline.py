@@ -186,15 +186,14 @@ class Pipeline:
         return self.resolve_size(cfg.width, cfg.height)
 
     # -- stages ------------------------------------------------------------
-    def run_batch(self, runner: Runner, feeds: dict[str, np.ndarray], where: str) -> np.ndarray:
+    def run_batch(self, runner: Runner, feeds: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
         """Run a batch at once, or one sample at a time when the component's batch is fixed to 1."""
-        out_name = next(iter(runner.spec["outputs"]))
         n = next(iter(feeds.values())).shape[0]
         if runner.fixed_batch() == 1 and n > 1:
-            parts = [self.components.run(runner, {k: v[i:i + 1] for k, v in feeds.items()}, where)[out_name]
+            parts = [self.components.run(runner, {k: v[i:i + 1] for k, v in feeds.items()}, where)
                      for i in range(n)]
-            return np.concatenate(parts, axis=0)
-        return self.components.run(runner, feeds, where)[out_name]
+            return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+        return self.components.run(runner, feeds, where)
 
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool) -> np.ndarray:
         """Text embeddings, unconditional half first when guidance is on (as diffusers)."""
@@ -205,7 +204,7 @@ class Pipeline:
         texts = [negative_prompt, prompt] if cfg else [prompt]
         ids = self.tokenizer.encode(texts)
         with self.components.use("text_encoder") as te:
-            return self.run_batch(te, {"input_ids": ids}, where="encoding the prompt")
+            return self.run_batch(te, {"input_ids": ids}, where="encoding the prompt")["text_embeddings"]
 
     def class_labels(self, label: int | None, cfg: bool) -> np.ndarray:
         n, null = self.conditioning["num_classes"], self.conditioning.get("null_class")
@@ -229,7 +228,8 @@ class Pipeline:
             labels = self.class_labels(cfg.class_label, use_cfg)
             if self.conditioning.get("via") == "context":
                 with self.components.use("class_embedder") as emb:
-                    return {"encoder_hidden_states": self.run_batch(emb, {"class_labels": labels}, "embedding the class")}
+                    context = self.run_batch(emb, {"class_labels": labels}, "embedding the class")["context"]
+                return {"encoder_hidden_states": context}
             return {"class_labels": labels}
         if cfg.class_label is not None:
             raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no class label")
@@ -264,7 +264,8 @@ class Pipeline:
                     model_in = np.concatenate([model_in, np.concatenate([extra] * model_in.shape[0])], axis=1)
                 feeds = {"sample": model_in, "timestep": np.full((model_in.shape[0],), t, dtype=np.float32),
                          **{k: v for k, v in cond.items() if k in wanted}}
-                out = self.run_batch(unet, feeds, where=f"step {i + 1}/{len(timesteps)} (t={int(t)})")
+                where = f"step {i + 1}/{len(timesteps)} (t={int(t)})"
+                out = self.run_batch(unet, feeds, where)["model_output"]
                 noise_pred = guidance(out[0:1], out[1:2], cfg.guidance_scale) if use_cfg else out
                 noise = generator.randn(latents.shape) if cfg.eta > 0 else None
                 latents = self.sampler.step(noise_pred, int(t), latents, cfg.steps, eta=cfg.eta,

@@ -1,15 +1,18 @@
-"""The CLIP tokenizer of a bundle, on the ``tokenizers`` library alone.
+"""The tokenizer of a bundle (CLIP or BERT), on the ``tokenizers`` library alone.
 
 The bundle holds one ``tokenizer.json`` (written by ``ldm_export.tokenizer_export``
-from the very backend that transformers' ``CLIPTokenizer`` encodes with) and a
-small spec in the manifest. :meth:`ClipTokenizer.encode` reproduces the ids of
+from the very backend that transformers' ``CLIPTokenizer`` / ``BertTokenizer``
+encodes with) and a small spec in the manifest. :meth:`Tokenizer.encode` reproduces
+the ids of
 
-    tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+    tokenizer(prompts, padding="max_length", max_length=spec["model_max_length"],
               truncation=True).input_ids
 
-which is how diffusers' StableDiffusionPipeline calls its tokenizer. transformers
-does no Python-side text processing for CLIP: it sets truncation and padding on
-the backend and calls ``encode_batch``; this module does the same.
+which is how diffusers' StableDiffusionPipeline (CLIP, ``model_max_length``) and
+LDMTextToImagePipeline (BERT WordPiece, ``max_length=77``) call their tokenizers.
+transformers 5 does no Python-side text processing for either: it sets truncation
+and padding on the backend and calls ``encode_batch``; this module does the same.
+For ``kind="bert"`` the spec's ``bos_token_id`` / ``eos_token_id`` are [CLS] / [SEP].
 
 Imports only numpy, stdlib and (lazily) ``tokenizers``; never torch or transformers.
 """
@@ -26,7 +29,9 @@ from ldm_runtime.errors import BackendUnavailable, BundleError
 
 logger = logging.getLogger(__name__)
 
-SPEC_KIND = "clip"
+SPEC_KIND = "clip"  # the original kind; kept for importers
+# spec kind -> (name in messages, the tokenizer.json model it must hold)
+SPEC_KINDS = {"clip": ("CLIP", "BPE"), "bert": ("BERT", "WordPiece")}
 _REQUIRED_INT_KEYS = ("model_max_length", "pad_token_id", "bos_token_id", "eos_token_id")
 _SIDES = ("right", "left")
 
@@ -48,8 +53,9 @@ def _check_spec(spec: Any) -> dict:
     if not isinstance(spec, dict):
         raise BundleError(f"tokenizer spec in the manifest must be an object, got {type(spec).__name__}")
     kind = spec.get("kind")
-    if kind != SPEC_KIND:
-        raise BundleError(f"unsupported tokenizer kind {kind!r} in the manifest (expected {SPEC_KIND!r})")
+    if not isinstance(kind, str) or kind not in SPEC_KINDS:
+        expected = " or ".join(repr(k) for k in SPEC_KINDS)
+        raise BundleError(f"unsupported tokenizer kind {kind!r} in the manifest (expected {expected})")
     for key in _REQUIRED_INT_KEYS:
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -62,11 +68,17 @@ def _check_spec(spec: Any) -> dict:
     return spec
 
 
-class ClipTokenizer:
-    """CLIP prompt -> fixed-length int64 ids, identical to transformers' CLIPTokenizer."""
+class Tokenizer:
+    """Prompt -> fixed-length int64 ids, identical to transformers' CLIPTokenizer / BertTokenizer."""
 
     def __init__(self, tokenizer: Any, tokenizer_json: str, spec: dict):
         self.spec = spec
+        self.kind: str = spec["kind"]
+        self._name, model_type = SPEC_KINDS[self.kind]
+        found = type(tokenizer.model).__name__
+        if found != model_type:
+            raise BundleError(f"tokenizer file holds a {found} model, but the manifest says {self.kind!r} "
+                              f"(a {model_type} model)")
         self.model_max_length: int = spec["model_max_length"]
         self.pad_token_id: int = spec["pad_token_id"]
         self.bos_token_id: int = spec["bos_token_id"]
@@ -98,15 +110,15 @@ class ClipTokenizer:
         self._tok = tokenizer
 
     @classmethod
-    def from_bundle(cls, path_to_tokenizer_json: Path, spec: dict) -> "ClipTokenizer":
-        Tokenizer = _import_tokenizer_class()
+    def from_bundle(cls, path_to_tokenizer_json: Path, spec: dict) -> "Tokenizer":
+        backend_cls = _import_tokenizer_class()
         spec = _check_spec(spec)
         path = Path(path_to_tokenizer_json)
         if not path.is_file():
             raise BundleError(f"tokenizer file is missing from the bundle: {path}")
         try:
             text = path.read_text(encoding="utf-8")
-            tokenizer = Tokenizer.from_str(text)
+            tokenizer = backend_cls.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise BundleError(f"corrupt tokenizer file {path}: {_one_line(exc)}") from None
         return cls(tokenizer, text, spec)
@@ -133,8 +145,8 @@ class ClipTokenizer:
 
     def _warn_truncated(self, prompt: str) -> None:
         if self._raw is None:
-            Tokenizer = _import_tokenizer_class()
-            raw = Tokenizer.from_str(self._json)
+            backend_cls = _import_tokenizer_class()
+            raw = backend_cls.from_str(self._json)
             raw.no_truncation()
             raw.no_padding()
             if hasattr(raw, "encode_special_tokens"):
@@ -149,12 +161,15 @@ class ClipTokenizer:
         if n_dropped <= 0:
             return
         dropped = content[keep:] if self._truncation_side == "right" else content[:n_dropped]
-        suffix = getattr(raw.model, "end_of_word_suffix", None) or ""
+        suffix = getattr(raw.model, "end_of_word_suffix", None) or ""  # CLIP's "</w>"; WordPiece has none
         text = raw.decode(dropped, skip_special_tokens=False)
         if suffix:
             text = text.replace(suffix, " ")
         text = " ".join(text.split())
         logger.warning(
-            "The prompt was truncated because CLIP can only handle sequences up to %d tokens; "
-            "%d token(s) dropped: %r", self.model_max_length, n_dropped, text,
+            "The prompt was truncated because %s can only handle sequences up to %d tokens; "
+            "%d token(s) dropped: %r", self._name, self.model_max_length, n_dropped, text,
         )
+
+
+ClipTokenizer = Tokenizer  # the name pipeline.py (and older code) imports

@@ -77,15 +77,18 @@ def verify_bundle(pipeline: Pipeline) -> VerifyReport:
         tol = comp_tol[name]
         with pipeline.components.use(name) as runner:
             got = pipeline.run_batch(runner, inputs, where="golden inputs")
-        metrics = compare(got, next(iter(outputs.values())))
-        ok = metrics["rel_l2"] <= tol.rel_l2 and metrics["cosine"] >= tol.min_cosine
-        checks.append(Check(name, metrics, f"rel_l2 ≤ {tol.rel_l2:g}, cos ≥ {tol.min_cosine}", ok))
+        for out_name, expected in outputs.items():
+            metrics = compare(got[out_name], expected)
+            ok = metrics["rel_l2"] <= tol.rel_l2 and metrics["cosine"] >= tol.min_cosine
+            label = name if len(outputs) == 1 else f"{name}.{out_name}"
+            checks.append(Check(label, metrics, f"rel_l2 ≤ {tol.rel_l2:g}, cos ≥ {tol.min_cosine}", ok))
 
     g = m["golden"]
     result = pipeline.generate(GenerateConfig(
         prompt=g["prompt"], negative_prompt=g["negative_prompt"], steps=g["steps"],
         guidance_scale=g["guidance_scale"], eta=g["eta"], seed=g["seed"], width=g["width"],
-        height=g["height"], noise=g.get("noise", "torch")), trace=True)
+        height=g["height"], noise=g.get("noise", "torch"), class_label=g.get("class_label"),
+        image=golden.get("request/image"), mask=golden.get("request/mask")), trace=True)
     first_bad = None
     ref_latents = golden["trajectory/latents"]
     worst: dict[str, float] = {"max_abs": 0.0, "rel_l2": 0.0, "cosine": 1.0}

@@ -336,3 +336,34 @@ def test_save_refuses_what_the_original_format_cannot_express(tmp_path):
     with pytest.raises(UserError, match="cannot save in the original CompVis format: UNet norm_num_groups=8"):
         save_original_checkpoint(unet, vae, None, TINY_SCHEDULER, tmp_path / "m.ckpt", tmp_path / "m.yaml")
     assert not (tmp_path / "m.ckpt").exists()
+
+
+def test_checkpoint_builds_a_bundle_that_verifies(saved, tmp_path, tiny_tokenizer_dir):
+    """`ldm-export build model.safetensors --config model.yaml --tokenizer DIR` end to end."""
+    import subprocess
+    import sys
+
+    from ldm_runtime.bundle import open_bundle
+    from ldm_runtime.pipeline import Components, Pipeline
+    from ldm_runtime.verify import format_report, verify_bundle
+
+    ckpt, yaml_path = saved
+    out = tmp_path / "bundle"
+    r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "build", str(ckpt), "--config", str(yaml_path),
+                        "--tokenizer", str(tiny_tokenizer_dir), "--out", str(out), "--golden-steps", "3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    b = open_bundle(out)
+    assert b.manifest["source"]["format"] == "compvis"
+    report = verify_bundle(Pipeline(b, Components(b)))
+    assert report.ok, format_report(report)
+
+
+def test_checkpoint_without_config_is_refused_in_one_line(saved, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "build", str(saved[0]), "--out", str(tmp_path / "b")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: m.safetensors is a single-file checkpoint: pass its original YAML with --config")

@@ -19,7 +19,8 @@ def test_tiny_bundle_matches_diffusers_within_two_levels(tiny_bundle, tiny_sd, e
     for case in report.cases:
         assert case["image_max_abs"] <= 2 and len(case["step_rel_l2"]) == 20
         assert case["first_divergent_step"] is None
-    assert {r["component"] for r in report.components} == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert {r["component"] for r in report.components} == {"text_encoder", "unet", "vae_decoder",
+                                                            "vae_encoder.latent_mean", "vae_encoder.latent_std"}
     assert IMAGE_TOLERANCES["fp32"].max_uint8_diff == 2
 
 

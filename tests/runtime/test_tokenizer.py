@@ -268,3 +268,240 @@ def test_runtime_module_is_torch_free(bundle):
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- BERT WordPiece (diffusers' LDMTextToImagePipeline) -----------------------------------
+
+from ldm_runtime.tokenizer import Tokenizer  # noqa: E402
+
+BERT_MAX_LENGTH = 77  # LDMTextToImagePipeline passes the literal 77, not model_max_length
+_BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_BERT_WORDS = (
+    "a an the of on in with and photo painting cat dog horse mountain astronaut riding red blue green "
+    "walk run jump play cafe naive resume paris the The Paris Cat New York 4k hi res 1990 "
+    "中 文 日 本 ! ? , . ' - ( ) [ ]"
+).split()
+_BERT_PIECES = ["##s", "##es", "##ing", "##ed", "##er", "##ly", "##n", "##t", "##k", "##x"]
+
+BERT_PROMPTS = [
+    "",
+    " ",
+    "a photo of a cat",
+    "A PHOTO OF A CAT",
+    "a PhOtO oF a CaT",
+    "The Cat in Paris",
+    "  a  photo\tof\n\na   cat   ",
+    "cats dogs horses walking jumped played riding",
+    "a red cat, a blue dog; a green horse!",
+    "hello!!! what?! (large) [small] {city} 'quoted' \"double\" - dash_underscore",
+    "don't it's we're THE CAT'S",
+    "café naïve résumé Ångström straße",  # uncased BERT strips accents
+    "e\u0301 vs \u00e9",
+    "zebra xylophone quixotic juxtaposition",  # unknown words -> [UNK]
+    "中文 日本 中文字 한국어 русский",  # CJK characters are split one by one
+    "🚀🐱 emoji astronaut 🐴",
+    "0 1 12 4k 1990 1990s 3.14 hi-res",
+    "[CLS] a cat [SEP] [MASK] [mask] [cls]",
+    "\u200b zero width \u00a0 nbsp \x00 control \ufffd",
+    " ".join(["a red cat riding a blue horse"] * 12),
+    "astronaut " * 100,
+    "x" * 500,  # longer than WordPiece's max_input_chars_per_word
+]
+
+
+def _write_bert_folder(folder: Path, *, lower: bool = True, model_max_length: int | None = 77,
+                       layout: str = "saved", vocab: list[str] | None = None) -> Path:
+    """A tiny BERT tokenizer: vocab.txt only (old layout) or saved by transformers 5."""
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True)
+    vocab = vocab if vocab is not None else list(dict.fromkeys(
+        _BERT_SPECIALS + list("abcdefghijklmnopqrstuvwxyz0123456789") + _BERT_WORDS + _BERT_PIECES))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    if layout == "vocab_only":
+        return folder
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    # transformers 5: the vocabulary is the first argument (`vocab`, a dict or a vocab.txt path);
+    # BertTokenizer(vocab_file=...) silently ignores the file and keeps only the 5 specials.
+    tok = BertTokenizer(str(folder / "vocab.txt"), do_lower_case=lower, **kwargs)
+    assert len(tok) == len(vocab)
+    saved = folder.parent / (folder.name + "-saved")
+    tok.save_pretrained(str(saved))
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    saved.rename(folder)
+    assert (folder / "tokenizer.json").is_file()
+    return folder
+
+
+def _bert_ref(folder: Path):
+    from transformers import BertTokenizer
+
+    return BertTokenizer.from_pretrained(str(folder))
+
+
+def _bert_ids(folder: Path, prompts: list[str], max_length: int = BERT_MAX_LENGTH) -> np.ndarray:
+    ids = _bert_ref(folder)(prompts, padding="max_length", max_length=max_length, truncation=True).input_ids
+    return np.asarray(ids, dtype=np.int64)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(True, 77, "saved", None), (False, 77, "saved", None), (True, 512, "saved", 77),
+            (True, None, "vocab_only", 77), (True, 16, "saved", None)],
+    ids=["uncased-77", "cased-77", "uncased-512-as-ldm", "vocab-txt-only", "uncased-16"],
+)
+def bert_case(request, tmp_path_factory) -> tuple[Path, int | None, bool]:
+    lower, model_max_length, layout, max_length = request.param
+    folder = _write_bert_folder(tmp_path_factory.mktemp("bert") / "tokenizer", lower=lower,
+                                model_max_length=model_max_length, layout=layout)
+    return folder, max_length, lower
+
+
+def _export_bert(folder: Path, out: Path, max_length: int | None) -> tuple[Tokenizer, dict]:
+    spec = export_tokenizer(folder, out, kind="bert", max_length=max_length)
+    assert json.loads(json.dumps(spec)) == spec  # manifest-safe
+    return Tokenizer.from_bundle(out / spec["file"], spec), spec
+
+
+def test_bert_ids_match_transformers(bert_case, tmp_path, caplog):
+    folder, max_length, lower = bert_case
+    ref = _bert_ref(folder)
+    runtime, spec = _export_bert(folder, tmp_path / "bundle", max_length)
+    assert list((tmp_path / "bundle").iterdir()) == [tmp_path / "bundle" / "tokenizer.json"]
+    length = max_length if max_length is not None else ref.model_max_length
+    assert spec == {
+        "file": "tokenizer.json", "kind": "bert", "model_max_length": length,
+        "pad_token_id": ref.pad_token_id, "bos_token_id": ref.cls_token_id, "eos_token_id": ref.sep_token_id,
+        "do_lower_case": lower, "padding_side": "right", "truncation_side": "right",
+        "split_special_tokens": False,
+    }
+    assert (spec["pad_token_id"], spec["bos_token_id"], spec["eos_token_id"]) == (0, 2, 3)
+
+    with caplog.at_level(logging.WARNING, logger="ldm_runtime.tokenizer"):
+        got = runtime.encode(BERT_PROMPTS)
+    want = _bert_ids(folder, BERT_PROMPTS, length)
+    assert got.dtype == np.int64 and got.shape == (len(BERT_PROMPTS), length)
+    for prompt, g, w in zip(BERT_PROMPTS, got, want):
+        assert g.tolist() == w.tolist(), prompt
+    for i in (0, 4, len(BERT_PROMPTS) - 1):
+        assert runtime.encode([BERT_PROMPTS[i]]).tolist() == [want[i].tolist()]
+    assert runtime.encode(BERT_PROMPTS[2]).tolist() == [want[2].tolist()]  # a bare string is one prompt
+    assert runtime.encode([]).shape == (0, length)
+    assert got[0].tolist() == [2, 3] + [0] * (length - 2)  # [CLS] [SEP] [PAD]...
+    assert all(row[0] == 2 for row in got)
+    assert caplog.records and all("BERT can only handle" in r.getMessage() for r in caplog.records)
+
+    unk = ref.unk_token_id
+    vocab = ref.get_vocab()
+    cat, cats = runtime.encode(["cat", "cats"])[:, 1:4].tolist()
+    assert cat == [vocab["cat"], 3, 0] and cats == [vocab["cat"], vocab["##s"], 3]
+    accents = runtime.encode(["café naïve résumé"])[0, 1:4].tolist()
+    if lower:  # uncased BERT lowercases and strips accents
+        assert accents == [vocab["cafe"], vocab["naive"], vocab["resume"]]
+        assert runtime.encode(["A PHOTO"]).tolist() == runtime.encode(["a photo"]).tolist()
+    else:  # cased BERT keeps both: "Cat" is its own token, accented words are unknown
+        assert accents == [unk, unk, unk]
+        assert runtime.encode(["Cat"])[0, 1] == vocab["Cat"] != vocab["cat"]
+    assert runtime.encode(["zebra"])[0, 1:3].tolist() == [unk, 3]
+    assert runtime.encode(["中文"])[0, 1:4].tolist() == [vocab["中"], vocab["文"], 3]
+
+
+def test_bert_truncation_warning_names_dropped_words(tmp_path, caplog):
+    folder = _write_bert_folder(tmp_path / "tokenizer")
+    runtime, spec = _export_bert(folder, tmp_path / "bundle", BERT_MAX_LENGTH)
+    fits = " ".join(["cat"] * (BERT_MAX_LENGTH - 2))
+    long = fits + " walking dogs mountain"  # walk ##ing dog ##s mountain: 5 tokens over
+    with caplog.at_level(logging.WARNING, logger="ldm_runtime.tokenizer"):
+        ids = runtime.encode([fits])
+    assert not caplog.records
+    assert ids[0, -1] == spec["eos_token_id"]
+    with caplog.at_level(logging.WARNING, logger="ldm_runtime.tokenizer"):
+        ids = runtime.encode([long])
+    assert ids.tolist() == _bert_ids(folder, [long]).tolist()
+    assert ids[0, -1] == spec["eos_token_id"]
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert "BERT can only handle sequences up to 77 tokens" in message
+    assert "5 token(s) dropped" in message
+    assert "'walking dogs mountain'" in message
+
+
+def test_bert_tokenizer_json_only(tmp_path):
+    folder = _write_bert_folder(tmp_path / "tokenizer")
+    (folder / "vocab.txt").unlink(missing_ok=True)
+    runtime, _ = _export_bert(folder, tmp_path / "bundle", None)
+    assert runtime.encode(BERT_PROMPTS).tolist() == _bert_ids(folder, BERT_PROMPTS).tolist()
+
+
+def test_clip_name_is_the_generic_tokenizer():
+    assert ClipTokenizer is Tokenizer
+
+
+def test_clip_folder_as_bert(tmp_path):
+    folder = tmp_path / "tokenizer"
+    write_clip_tokenizer(folder)
+    with pytest.raises(UserError, match="is a CLIPTokenizer, not a BERT tokenizer") as info:
+        export_tokenizer(folder, tmp_path / "out", kind="bert", max_length=77)
+    assert "\n" not in str(info.value)
+    (folder / "tokenizer_config.json").unlink()  # no class name to go by: the files tell
+    with pytest.raises(UserError, match="not a BERT tokenizer"):
+        export_tokenizer(folder, tmp_path / "out", kind="bert", max_length=77)
+    from transformers import CLIPTokenizer
+
+    saved = tmp_path / "saved"
+    CLIPTokenizer.from_pretrained(str(folder)).save_pretrained(str(saved))
+    (saved / "tokenizer_config.json").unlink()
+    with pytest.raises(UserError, match="BPE model, not a BERT"):
+        export_tokenizer(saved, tmp_path / "out", kind="bert", max_length=77)
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_bert_folder_as_clip(tmp_path):
+    folder = _write_bert_folder(tmp_path / "tokenizer")
+    with pytest.raises(UserError, match="not a CLIP tokenizer"):
+        export_tokenizer(folder, tmp_path / "out")
+
+
+def test_bert_folder_errors(tmp_path):
+    with pytest.raises(UserError, match="no tokenizer folder"):
+        export_tokenizer(tmp_path / "nope", tmp_path / "out", kind="bert")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no usable tokenizer"):
+        export_tokenizer(tmp_path / "empty", tmp_path / "out", kind="bert")
+
+    old = _write_bert_folder(tmp_path / "old", layout="vocab_only")  # no config: no model_max_length
+    with pytest.raises(UserError, match="model_max_length"):
+        export_tokenizer(old, tmp_path / "out", kind="bert")
+    for bad in (1, 0, True, "77", 10**9):
+        with pytest.raises(UserError, match="max_length"):
+            export_tokenizer(old, tmp_path / "out", kind="bert", max_length=bad)
+    with pytest.raises(UserError, match="unknown tokenizer kind"):
+        export_tokenizer(old, tmp_path / "out", kind="t5")
+
+    no_unk = _write_bert_folder(tmp_path / "no_unk", layout="vocab_only", vocab=["[PAD]", "[CLS]", "[SEP]", "a"])
+    with pytest.raises(UserError, match="unknown token") as info:
+        export_tokenizer(no_unk, tmp_path / "out", kind="bert", max_length=77)
+    assert "\n" not in str(info.value)
+
+    corrupt = _write_bert_folder(tmp_path / "corrupt")
+    (corrupt / "tokenizer.json").write_text("{not json")
+    with pytest.raises(UserError) as info:
+        export_tokenizer(corrupt, tmp_path / "out", kind="bert", max_length=77)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_bundle_kind_must_match_the_file(bundle, tmp_path):
+    clip_path, clip_spec = bundle
+    with pytest.raises(BundleError, match="BPE model"):
+        Tokenizer.from_bundle(clip_path, {**clip_spec, "kind": "bert"})
+    folder = _write_bert_folder(tmp_path / "tokenizer")
+    bert_spec = export_tokenizer(folder, tmp_path / "out", kind="bert", max_length=77)
+    with pytest.raises(BundleError, match="WordPiece model"):
+        Tokenizer.from_bundle(tmp_path / "out" / "tokenizer.json", {**bert_spec, "kind": "clip"})
+    for kind in (None, "BERT", ["bert"]):
+        with pytest.raises(BundleError, match="unsupported tokenizer kind"):
+            Tokenizer.from_bundle(tmp_path / "out" / "tokenizer.json", {**bert_spec, "kind": kind})

@@ -42,6 +42,28 @@ def resolve_providers(requested: str | None = None) -> list[str]:
     return chosen
 
 
+_malloc_trim = None
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it in the process otherwise).
+
+    A released session's weights, its arena and the parsed model file go back to malloc, and glibc
+    keeps most of that mapped, so without this the next component loads on top of the last one's
+    leftovers. A no-op where glibc's ``malloc_trim`` does not exist (macOS, Windows, musl).
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
@@ -76,3 +98,5 @@ class OnnxRuntimeRunner(Runner):
 
     def _release(self) -> None:
         self._session = None
+        if self.low_memory:
+            trim_heap()
