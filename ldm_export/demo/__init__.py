@@ -1,0 +1,12 @@
+"""The embedded demo model: a small latent diffusion model trained here on procedural shapes.
+
+* :mod:`.shapes`: seeded procedural images + captions (numpy + Pillow only);
+* :mod:`.adherence`: analytic prompt-adherence checker (numpy only);
+* :mod:`.train`: trains the autoencoder, text encoder and UNet, saves ``model/``;
+* :mod:`.evaluate`: scores the torch pipeline's images with the checker;
+* ``model/``: the trained diffusers ``StableDiffusionPipeline`` folder (see docs/demo_model.md).
+"""
+
+from pathlib import Path
+
+MODEL_DIR = Path(__file__).parent / "model"

@@ -58,3 +58,53 @@ def test_parity_with_torch_reference(family_bundle):
                                      seeds=(0,), class_labels=(3,), steps=10, eta=0.5))
     assert report.ok, format_parity(report)
     assert all(c["image_max_abs"] <= 2 for c in report.cases)
+
+
+def _bad_inputs(name: str) -> list[tuple[dict, str]]:
+    """Per family, inputs a user might wrongly give and the one-line error each must produce."""
+    import numpy as np
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    cases = {
+        "uncond-vq": [({"prompt": "a cat"}, "unconditional and takes no prompt"),
+                      ({"class_label": 1}, "takes no class label")],
+        "class-unet": [({"class_label": 11}, r"class label 11 is out of range; this model has classes 0 … 10"),
+                       ({"class_label": -1}, "out of range"), ({}, "needs --class-label")],
+        "superres": [({}, "needs a low-resolution input image"), ({"prompt": "x", "image": img}, "takes no prompt")],
+        "inpainting": [({"prompt": "x", "image": img, "mask": np.zeros((16, 32), np.uint8)},
+                        r"the mask is 32x16 but the image is 32x32; they must be the same size"),
+                       ({"prompt": "x", "image": img}, "needs an image and a mask")],
+        "ldmbert": [({"prompt": "x", "negative_prompt": "y"}, "has no negative prompt")],
+    }
+    cases["uncond-kl"] = cases["uncond-vq"]
+    cases["class-context"] = cases["class-unet"]
+    cases["sd-v"] = [({"prompt": "x", "width": 30}, "not a multiple of")]
+    return cases[name]
+
+
+def test_bad_inputs_get_one_line_errors(family_bundle):
+    from ldm_runtime.errors import UserError
+    from ldm_runtime.pipeline import GenerateConfig
+
+    name, _, bundle = family_bundle
+    b = open_bundle(bundle)
+    pipe = Pipeline(b, Components(b))
+    for kwargs, match in _bad_inputs(name):
+        kwargs = {"prompt": "", **kwargs}
+        with pytest.raises(UserError, match=match) as e:
+            pipe.generate(GenerateConfig(steps=1, **kwargs))
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_full_size_ldm4_celebahq_unet_step_in_onnx_runtime(tmp_path):
+    """The paper's LDM-4 CelebA-HQ architecture (274 M UNet parameters, random weights): export the
+    UNet and run one step in ONNX Runtime against torch at 256x256."""
+    from ldm_export import export
+    from ldm_export.loading import load_model
+
+    model = load_model(rf.make_celebahq_ldm_vq4_architecture(tmp_path / "model"))
+    unet = next(g for g in export.component_graphs(model) if g.name == "unet")
+    files = export.export_onnx(unet, tmp_path, (256, 256))
+    rows = export.check_against_torch(unet, tmp_path / files[0], [(256, 256)])
+    assert rows[0]["rel_l2"] < 1e-4

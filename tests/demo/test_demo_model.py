@@ -1,0 +1,99 @@
+"""The embedded demo model (ldm_export/demo/model): format checks and a short torch generation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MODEL = Path(__file__).resolve().parents[2] / "ldm_export" / "demo" / "model"
+
+
+
+def test_folder_layout_and_size():
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert index["requires_safety_checker"] is False
+    for sub in ("unet", "vae", "text_encoder"):
+        assert list((MODEL / sub).glob("*.safetensors")), sub
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        assert (MODEL / "tokenizer" / name).exists(), name
+    size = sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file())
+    assert size <= 20 * 2**20, size
+
+
+def test_configs():
+    sched = json.loads((MODEL / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "DDIMScheduler"
+    assert sched["beta_schedule"] == "scaled_linear" and sched["num_train_timesteps"] == 1000
+    assert sched["beta_start"] == 0.00085 and sched["beta_end"] == 0.012
+    assert sched["steps_offset"] == 1 and sched["set_alpha_to_one"] is False and sched["clip_sample"] is False
+    assert sched["timestep_spacing"] == "leading" and sched["prediction_type"] == "epsilon"
+    vae = json.loads((MODEL / "vae" / "config.json").read_text())
+    assert 2 ** (len(vae["block_out_channels"]) - 1) == 4  # downsampling factor 4
+    assert vae["scaling_factor"] != 0.18215  # measured: 1 / std of the latents
+    tok = json.loads((MODEL / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["model_max_length"] == 16 and tok["tokenizer_class"] == "CLIPTokenizer"
+
+
+def test_loads_in_fp32_and_generates():
+    torch = pytest.importorskip("torch")
+    from transformers import CLIPTokenizer
+
+    from ldm_export.demo.evaluate import generate, load_pipeline
+    from ldm_export.demo.shapes import vocabulary
+
+    tok = CLIPTokenizer.from_pretrained(MODEL / "tokenizer")
+    ids = tok("a small blue square to the left of a large green triangle").input_ids
+    assert len(ids) == 14 and tok.model_max_length == 16  # one token per grammar word
+    assert all(len(tok(w).input_ids) == 3 for w in vocabulary())
+    pipe = load_pipeline(MODEL)
+    assert all(p.dtype == torch.float32 for p in pipe.unet.parameters())
+    imgs = generate(pipe, ["a red circle"], [0], steps=3, guidance=3.0)
+    assert imgs[0].shape == (32, 32, 3) and np.isfinite(imgs[0]).all()
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(tmp_path_factory):
+    """`ldm-export build` with no model argument: the embedded demo model."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("demo") / "bundle"
+    r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "build", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_demo_bundle_reproduces_stored_reference_images(demo_bundle, tmp_path):
+    """Fixed-seed generations of the shipped weights through ldm-run (no torch) match the stored
+    diffusers images within 2 levels: a change that breaks the model or the runtime is caught."""
+    import subprocess
+
+    from PIL import Image
+
+    from tests.conftest import ldm_run_blocked
+    from tests.demo.make_reference_images import CASES, GUIDANCE, OUT, STEPS, file_name
+
+    for prompt, seed in CASES:
+        out = tmp_path / file_name(prompt, seed)
+        r = subprocess.run(ldm_run_blocked("generate", str(demo_bundle), "-p", prompt, "--seed", str(seed),
+                                           "--steps", str(STEPS), "--guidance", str(GUIDANCE), "--out", str(out)),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got = np.asarray(Image.open(out)).astype(int)
+        ref = np.asarray(Image.open(OUT / file_name(prompt, seed))).astype(int)
+        assert np.abs(got - ref).max() <= 2, f"{prompt!r} seed {seed} differs by {np.abs(got - ref).max()} levels"
+
+
+def test_demo_bundle_verifies_without_torch(demo_bundle):
+    import subprocess
+
+    from tests.conftest import ldm_run_blocked
+
+    r = subprocess.run(ldm_run_blocked("verify", str(demo_bundle)), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout + r.stderr
