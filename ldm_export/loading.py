@@ -20,9 +20,17 @@ from typing import Any
 
 from ldm_runtime.errors import UserError
 
-SD_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-LDM_PIPELINES = ("LDMPipeline", "LDMTextToImagePipeline", "LDMSuperResolutionPipeline",
-                 "LDMClassConditionalPipeline")
+SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+REQUIRED_PARTS = {
+    "StableDiffusionPipeline": SD_PARTS, "StableDiffusionImg2ImgPipeline": SD_PARTS,
+    "StableDiffusionInpaintPipeline": SD_PARTS,
+    "LDMPipeline": ("unet", "vqvae", "scheduler"),
+    "LDMTextToImagePipeline": ("unet", "vqvae", "bert", "tokenizer", "scheduler"),
+    "LDMSuperResolutionPipeline": ("unet", "vqvae", "scheduler"),
+    "LDMClassConditionalPipeline": ("unet", "vqvae", "class_embedder", "scheduler"),
+}
+SD_PIPELINES = tuple(k for k in REQUIRED_PARTS if k.startswith("StableDiffusion"))
+LDM_PIPELINES = tuple(k for k in REQUIRED_PARTS if k.startswith("LDM"))
 SUPPORTED = ("a diffusers pipeline folder (model_index.json) of: " + ", ".join(SD_PIPELINES + LDM_PIPELINES)
              + "; an original .ckpt/.safetensors checkpoint with --config YAML; or a custom model .json "
              "naming component factories")
@@ -164,9 +172,7 @@ def load_model(path: str | Path, config: str | Path | None = None, tokenizer: st
     if cls not in SD_PIPELINES + LDM_PIPELINES:
         raise UserError(f"cannot load {path}: it is a {cls}; supported pipelines: "
                         f"{', '.join(SD_PIPELINES + LDM_PIPELINES)}")
-    parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
-    required = [p for p in parts if p not in ("safety_checker", "feature_extractor", "image_encoder")]
-    missing = [p for p in required if not (path / p).is_dir()]
+    missing = [p for p in REQUIRED_PARTS[cls] if not (path / p).is_dir()]
     if missing:
         raise UserError(f"cannot load {path}: the pipeline folder lacks {', '.join(m + '/' for m in missing)}")
     try:

@@ -149,7 +149,9 @@ def test_onnx_mismatch_stops_the_build_with_the_component_name(tiny_sd, tmp_path
 
 @pytest.mark.parametrize("make, match", [
     (lambda p: p / "missing", "found nothing"),
-    (lambda p: (p / "model.ckpt").write_bytes(b"x") and p / "model.ckpt", r"found a file \(\.ckpt\)"),
+    (lambda p: (p / "model.txt").write_bytes(b"x") and p / "model.txt", r"found a file \(\.txt\)"),
+    (lambda p: (p / "model.ckpt").write_bytes(b"x") and p / "model.ckpt",
+     "model.ckpt is a single-file checkpoint: pass its original YAML with --config"),
     (lambda p: (p / "unet").mkdir() or p, "folder without model_index.json"),
     (lambda p: (p / "model_index.json").write_text('{"_class_name": "FluxPipeline"}') and p,
      "it is a FluxPipeline; supported"),
