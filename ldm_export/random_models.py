@@ -29,18 +29,21 @@ _CORPUS_WORDS = (
 ).split()
 
 
-def write_clip_tokenizer(folder: Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> None:
+def write_clip_tokenizer(folder: Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>",
+                         words: list[str] | tuple[str, ...] = tuple(_CORPUS_WORDS),
+                         max_merges: int | None = 150) -> None:
     """Write a small CLIP-format tokenizer (vocab.json, merges.txt, configs) to ``folder``.
 
-    The merges are those a BPE trainer would learn on a tiny word list, so real
-    multi-character tokens appear and prompts outside the list fall back to bytes.
+    The merges are those a greedy BPE trainer learns on ``words`` (at most ``max_merges``;
+    None: until every word is one token), so real multi-character tokens appear and
+    prompts outside the list fall back to bytes.
     """
     folder.mkdir(parents=True, exist_ok=True)
     chars = _bytes_to_unicode()
     vocab: list[str] = chars + [c + "</w>" for c in chars]
     merges: list[tuple[str, str]] = []
-    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in _CORPUS_WORDS]
-    for _ in range(150):  # greedy BPE training on the word list
+    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in words]
+    while max_merges is None or len(merges) < max_merges:  # greedy BPE training on the word list
         counts: dict[tuple[str, str], int] = {}
         for w in words:
             for pair in zip(w, w[1:]):

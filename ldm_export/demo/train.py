@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..random_models import write_clip_tokenizer
 from . import shapes
 
 IMAGE_SIZE = 32
@@ -69,18 +70,6 @@ TEXT_CONFIG = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4,
 
 # ----------------------------------------------------------------------------- tokenizer
 
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
-
-
 def write_tokenizer(folder: Path, words: list[str], model_max_length: int = MAX_LENGTH) -> None:
     """A CLIP-format BPE tokenizer whose merges make every grammar word a single token.
 
@@ -89,43 +78,7 @@ def write_tokenizer(folder: Path, words: list[str], model_max_length: int = MAX_
     no word has two symbols left, then ``<|startoftext|>`` and ``<|endoftext|>``.
     Text outside the grammar falls back to sub-word and byte tokens.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
-    vocab: list[str] = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    seqs = [list(w[:-1]) + [w[-1] + "</w>"] for w in words]
-    while True:
-        counts: dict[tuple[str, str], int] = {}
-        for s in seqs:
-            for pair in zip(s, s[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        best = max(sorted(counts), key=lambda p: counts[p])
-        merges.append(best)
-        vocab.append(best[0] + best[1])
-        new = []
-        for s in seqs:
-            out, i = [], 0
-            while i < len(s):
-                if i + 1 < len(s) and (s[i], s[i + 1]) == best:
-                    out.append(s[i] + s[i + 1])
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            new.append(out)
-        seqs = new
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
-               "pad_token": "<|endoftext|>"}
-    (folder / "special_tokens_map.json").write_text(json.dumps(special))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length, "do_lower_case": True,
-        "errors": "replace", **special,
-    }))
+    write_clip_tokenizer(folder, model_max_length=model_max_length, words=words, max_merges=None)
 
 
 # ----------------------------------------------------------------------------- helpers
