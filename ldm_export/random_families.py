@@ -141,7 +141,7 @@ def make_tiny_ldm_uncond_vq(folder: Path, seed: int = 0) -> Path:
     x224), attention_resolutions [8,4,2] = levels 1..3, fixed head width,
     2 res blocks per level; image 32 = latent 8 (original 256 = 64).
     """
-    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel
 
     folder = Path(folder)
     with _seeded(seed):
@@ -198,7 +198,7 @@ def make_tiny_ldm_uncond_kl(folder: Path, seed: int = 0) -> Path:
 
 
 def _cin_vq_and_sched(seed: int):
-    from diffusers import DDIMScheduler, VQModel
+    from diffusers import DDIMScheduler
 
     with _seeded(seed):
         vqvae = _vq_model(**_f4_vq())
@@ -426,7 +426,7 @@ def make_tiny_superres(folder: Path, seed: int = 0) -> Path:
     channel_mult [1,2,2,4] (x8 instead of x160), attention_resolutions [16, 8]:
     only ds 8 (level 3) exists.
     """
-    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel
 
     folder = Path(folder)
     with _seeded(seed):
@@ -514,7 +514,7 @@ def make_celebahq_ldm_vq4_architecture(folder: Path, seed: int = 0) -> Path:
     [8,4,2], num_res_blocks 2, num_head_channels 32, latent 64x64x3; VQ f4:
     ch 128, ch_mult [1,2,4], n_embed 8192, embed_dim 3, image 256.
     """
-    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel
 
     folder = Path(folder)
     with _seeded(seed):

@@ -121,7 +121,7 @@ def _unet_extra(model: LoadedModel) -> tuple[str, ...]:
     return ("class_labels",) if kind == "class" else ()
 
 
-def _pipeline_call(model: LoadedModel, pipe, req: Request, generator) -> dict:
+def _pipeline_call(model: LoadedModel, req: Request, generator) -> dict:
     from PIL import Image
 
     common = dict(num_inference_steps=req.steps, eta=req.eta, generator=generator, output_type="np")
@@ -154,7 +154,7 @@ def reference_generate(model: LoadedModel, req: Request) -> ReferenceRun:
     rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator)
     try:
         with torch.no_grad():
-            images = pipe(**_pipeline_call(model, pipe, req, generator)).images
+            images = pipe(**_pipeline_call(model, req, generator)).images
     finally:
         rec.close()
     return _finish(model, pipe.scheduler.timesteps, rec, np.asarray(images)[0])

@@ -394,7 +394,6 @@ def _parse_config(path: Path) -> _Spec:
         if (cross[i] or i == len(chans) - 1) and (h <= 0 or c % h):
             raise cfg.fail(f"{U}: {c} channels do not split into {h} attention heads")
     in_ch, out_ch = cfg.num(u, "in_channels", U), cfg.num(u, "out_channels", U)
-    levels = len(mult)
     unet = dict(
         sample_size=cfg.num(p, "image_size", W, int, 256),
         in_channels=in_ch, out_channels=out_ch,
