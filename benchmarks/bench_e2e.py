@@ -57,61 +57,8 @@ def model_dirs(work: Path, model: str, resolution: int) -> tuple[Path, Path]:
     return root / "model", root / f"bundle-{resolution}"
 
 
-def _large_model_safe_export():
-    """Work around a bug in ``ldm_export.export.export_onnx`` (reported to the maintainers):
-
-    it decides between one file and external data with ``proto.ByteSize() < 2 GB``, but protobuf's
-    upb backend (protobuf >= 4) raises ``EncodeError: Failed to serialize proto`` instead of returning
-    a size above 2 GB, so the SD-1.x UNet (3.4 GB of fp32 weights) cannot be built. This wrapper
-    runs the same code with the size taken from the initializers when serialising fails.
-    """
-    import tempfile
-    import warnings
-
-    import numpy as np
-    import onnx
-    from google.protobuf.message import EncodeError
-
-    from ldm_export import export as ex
-
-    def proto_size(proto) -> int:
-        try:
-            return proto.ByteSize()
-        except EncodeError:
-            return ex.TWO_GB + sum(len(t.raw_data) for t in proto.graph.initializer)
-
-    def export_onnx(graph, out_dir, trace_size):
-        torch = ex._torch()
-        feeds = graph.make_inputs(2, *trace_size, np.random.default_rng(0))
-        target = out_dir / f"{graph.name}.onnx"
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            raw = Path(tmp) / "raw.onnx"
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    graph.module, tuple(torch.from_numpy(feeds[k]) for k in graph.inputs), str(raw),
-                    input_names=list(graph.inputs), output_names=list(graph.outputs),
-                    dynamic_axes=graph.dynamic_axes(), opset_version=ex.OPSET, do_constant_folding=True,
-                    dynamo=False,
-                )
-            proto = onnx.load(str(raw), load_external_data=True)
-            if proto_size(proto) < ex.TWO_GB:
-                onnx.save_model(proto, str(target))
-                files = [target.name]
-            else:
-                data = f"{graph.name}.onnx.data"
-                onnx.save_model(proto, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=data, size_threshold=1024)
-                files = [target.name, data]
-        onnx.checker.check_model(str(target), full_check=True)
-        return files
-
-    return export_onnx
-
-
 def prepare(model: str, model_dir: Path, bundle_dir: Path, resolution: int) -> None:
     """Build what is missing (runs in a child process, so the parent stays free of torch)."""
-    import ldm_export.build
     from ldm_export.build import BuildConfig, build
     from ldm_export.random_models import make_sd15_architecture, make_tiny_sd
 
@@ -123,7 +70,6 @@ def prepare(model: str, model_dir: Path, bundle_dir: Path, resolution: int) -> N
         (model_dir / ".complete").write_text("")
     if not (bundle_dir / "manifest.json").exists():
         print(f"building the bundle {bundle_dir}", flush=True)
-        ldm_export.build.export_onnx = _large_model_safe_export()
         build(BuildConfig(model=model_dir, out=bundle_dir, resolutions=((resolution, resolution),)),
               report=lambda m: print(f"  {m}", flush=True))
 

@@ -156,6 +156,16 @@ def torch_outputs(graph: ComponentGraph, feeds: dict[str, np.ndarray]) -> dict[s
     return {name: t.float().numpy() for name, t in zip(graph.outputs, out)}
 
 
+def _serialized_size(proto) -> int:
+    """The proto's size in bytes; protobuf's upb backend raises instead of returning a size over 2 GB."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        return TWO_GB + sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
 def export_onnx(graph: ComponentGraph, out_dir: Path, trace_size: tuple[int, int]) -> list[str]:
     """Trace ``graph`` to ``out_dir/<name>.onnx``; returns the relative file names written."""
     import onnx
@@ -174,7 +184,7 @@ def export_onnx(graph: ComponentGraph, out_dir: Path, trace_size: tuple[int, int
                 dynamo=False,
             )
         proto = onnx.load(str(raw), load_external_data=True)
-        if proto.ByteSize() < TWO_GB:
+        if _serialized_size(proto) < TWO_GB:
             onnx.save_model(proto, str(target))
             files = [target.name]
         else:
