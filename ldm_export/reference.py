@@ -3,9 +3,10 @@
 Where diffusers has a pipeline for the family (StableDiffusion*, LDM*), that pipeline
 *is* the reference: it is run unchanged with a DDIMScheduler from the model's config,
 and hooks record what the runtime must reproduce (latents after every step, the
-UNet's inputs at step 2, the decoder's input and output). Class-conditional models
-and custom modules have no diffusers pipeline; they use :func:`_own_loop`, the original
-sampler's algorithm written with diffusers' scheduler.
+UNet's inputs at step 2, or at every step for calibration sets, the decoder's input
+and output). Class-conditional models and custom modules have no diffusers pipeline;
+they use :func:`_own_loop`, the original sampler's algorithm written with diffusers'
+scheduler.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ReferenceRun:
     decoded: np.ndarray                 # decoder output (1, 3, H, W)
     image: np.ndarray                   # uint8 (H, W, 3)
     inputs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # component → a real input
+    unet_calls: list[dict[str, np.ndarray]] = field(default_factory=list)  # UNet inputs in call order: the
+    # first two calls, or every call when run with record_all=True (one call per DDIM step)
 
 
 def _np(t):
@@ -58,7 +61,7 @@ def text_ids(model: LoadedModel, texts: list[str]) -> np.ndarray:
 class _Recorder:
     """Hooks on the scheduler, the UNet and the autoencoder of a pipeline."""
 
-    def __init__(self, scheduler, unet, vae, unet_extra: tuple[str, ...], generator=None):
+    def __init__(self, scheduler, unet, vae, unet_extra: tuple[str, ...], generator=None, record_all=False):
         self.latents: list[np.ndarray] = []
         self.unet_calls: list[dict] = []
         self.decoder_in = self.decoder_out = self.encoder_in = None
@@ -79,7 +82,7 @@ class _Recorder:
         self._patch(scheduler, "step", record_step)
 
         def record_unet(_m, args, kwargs):
-            if len(self.unet_calls) < 2:
+            if record_all or len(self.unet_calls) < 2:
                 sample, t = args[0], args[1] if len(args) > 1 else kwargs["timestep"]
                 feeds = {"sample": _np(sample),
                          "timestep": np.full((sample.shape[0],), float(t), dtype=np.float32)}
@@ -140,18 +143,19 @@ def _pipeline_call(model: LoadedModel, req: Request, generator) -> dict:
     return kw
 
 
-def reference_generate(model: LoadedModel, req: Request) -> ReferenceRun:
-    """Run the family's reference sampler and record what the runtime must reproduce."""
+def reference_generate(model: LoadedModel, req: Request, record_all: bool = False) -> ReferenceRun:
+    """Run the family's reference sampler and record what the runtime must reproduce; with
+    ``record_all``, the UNet's inputs at every step too (``run.unet_calls``)."""
     import torch
     from diffusers import DDIMScheduler
 
     if model.reference_pipeline is None:
-        return _own_loop(model, req)
+        return _own_loop(model, req, record_all)
     pipe = model.reference_pipeline
     pipe.scheduler = DDIMScheduler.from_config(model.scheduler_config)
     vae = getattr(pipe, "vae", None) or pipe.vqvae
     generator = torch.Generator().manual_seed(req.seed)
-    rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator)
+    rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator, record_all)
     try:
         with torch.no_grad():
             images = pipe(**_pipeline_call(model, req, generator)).images
@@ -167,10 +171,11 @@ def _finish(model: LoadedModel, timesteps, rec: _Recorder, image01: np.ndarray) 
     enc_in = rec.encoder_in if rec.encoder_in is not None else np.clip(rec.decoder_out, -1, 1)
     inputs["vae_encoder"] = {"image": enc_in.astype(np.float32)}
     return ReferenceRun(timesteps=timesteps.numpy().astype(np.int64), latents=rec.latents,
-                        decoded=rec.decoder_out, image=(image01 * 255).round().astype(np.uint8), inputs=inputs)
+                        decoded=rec.decoder_out, image=(image01 * 255).round().astype(np.uint8), inputs=inputs,
+                        unet_calls=rec.unet_calls)
 
 
-def _own_loop(model: LoadedModel, req: Request) -> ReferenceRun:
+def _own_loop(model: LoadedModel, req: Request, record_all: bool = False) -> ReferenceRun:
     """The DDIM sampler of the original repository, written with diffusers' scheduler, for models that
     have no diffusers pipeline (class-conditional, custom modules). Draws noise in the same order as
     diffusers' pipelines; guidance per the model's rule, unconditional row first."""
@@ -181,7 +186,7 @@ def _own_loop(model: LoadedModel, req: Request) -> ReferenceRun:
 
     cond = model.conditioning
     scheduler = DDIMScheduler.from_config(model.scheduler_config)
-    rec = _Recorder(scheduler, model.unet, model.vae, _unet_extra(model))
+    rec = _Recorder(scheduler, model.unet, model.vae, _unet_extra(model), record_all=record_all)
     guided = GUIDANCE_RULES[model.guidance["rule"]](req.guidance_scale)
     with torch.no_grad():
         if cond["kind"] == "text":

@@ -1,0 +1,231 @@
+"""``ldm-export calibrate``: record what each component really sees along DDIM trajectories.
+
+For each of ``samples`` trajectories the family's torch reference (diffusers' own pipeline,
+see :mod:`ldm_export.reference`) runs a full DDIM sampling with a prompt of the prompt set,
+and hooks record the inputs of the UNet at every step. ``per_trajectory`` of those steps
+are kept, one from each of ``per_trajectory`` equal bins of the trajectory, so every
+timestep range is represented (Q-Diffusion, PTQ4DM: activations of a diffusion model's
+UNet drift with the timestep, and calibrating on one range breaks the others). The text
+encoder's, class embedder's and autoencoder's inputs of the same trajectory are recorded
+once. Shards are safetensors files; the set is written atomically and is byte-identical
+for the same model, arguments and library versions on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from ldm_runtime.bundle import sha256_file
+from ldm_runtime.errors import UserError
+
+from .. import __version__
+from ..bundle import staging_folder
+from .format import FORMAT, FORMAT_VERSION, MANIFEST, record_key
+from .prompt_sets import AUTO, PromptSet, load_prompts, resolve_spec
+
+SHARD_BYTES = 256 * 2**20   # a shard is closed before it would grow past this (one record at least)
+HISTOGRAM_BINS = 10         # the manifest's timestep histogram: tenths of the training timesteps
+
+
+def stratified_steps(steps: int, per_trajectory: int, rng: np.random.Generator) -> list[int]:
+    """Step indices to record: the trajectory's ``steps`` split into ``per_trajectory`` equal bins
+    (early, noisy steps first), one index drawn uniformly from each bin."""
+    edges = [j * steps // per_trajectory for j in range(per_trajectory + 1)]
+    return [int(rng.integers(edges[j], edges[j + 1])) for j in range(per_trajectory)]
+
+
+class _ShardWriter:
+    """Records of one component, written as ``<component>-NNNNN.safetensors`` of at most ``limit`` bytes."""
+
+    def __init__(self, folder: Path, component: str, limit: int = SHARD_BYTES):
+        self.folder, self.component, self.limit = folder, component, limit
+        self.count, self.files = 0, []
+        self.specs: dict[str, dict] | None = None
+        self._pending: dict[str, np.ndarray] = {}
+        self._bytes = 0
+
+    def add(self, feeds: dict[str, np.ndarray]) -> None:
+        specs = {n: {"dtype": str(a.dtype), "shape": list(a.shape)} for n, a in feeds.items()}
+        if self.specs is None:
+            self.specs = specs
+        elif specs != self.specs:  # one request shape for the whole set: a difference is our bug
+            raise RuntimeError(f"{self.component} record {self.count} is {specs}, the first was {self.specs}")
+        size = sum(a.nbytes for a in feeds.values())
+        if self._pending and self._bytes + size > self.limit:
+            self._flush()
+        self._pending.update({record_key(self.count, n): np.ascontiguousarray(a) for n, a in feeds.items()})
+        self._bytes += size
+        self.count += 1
+
+    def close(self) -> list[str]:
+        if self._pending:
+            self._flush()
+        return self.files
+
+    def _flush(self) -> None:
+        from safetensors.numpy import save_file
+
+        name = f"{self.component}-{len(self.files):05d}.safetensors"
+        # One metadata key only: safetensors keeps metadata in a hash map, so two keys come out in either order.
+        save_file(self._pending, str(self.folder / name), metadata={"format": FORMAT})
+        self.files.append(name)
+        self._pending, self._bytes = {}, 0
+
+
+def _check_counts(samples: int, steps: int, per_trajectory: int) -> None:
+    if samples < 1 or steps < 1 or per_trajectory < 1:
+        raise UserError(f"samples ({samples}), steps ({steps}) and per-trajectory ({per_trajectory}) must be ≥ 1")
+    if per_trajectory > steps:
+        raise UserError(f"per-trajectory ({per_trajectory}) exceeds the trajectory's {steps} steps; "
+                        f"pass --per-trajectory {steps} or fewer, or more --steps")
+
+
+def _prompt_order(prompts: PromptSet, samples: int, rng: np.random.Generator) -> list[str]:
+    """Prompts for the samples: the set in seeded random order, reshuffled each time it runs out."""
+    order: list[int] = []
+    while len(order) < samples:
+        order += rng.permutation(len(prompts.prompts)).tolist()
+    return [prompts.prompts[i] for i in order[:samples]]
+
+
+def _class_labels(model, samples: int, rng: np.random.Generator) -> list[int]:
+    cond = model.conditioning
+    labels = [c for c in range(cond["num_classes"]) if c != cond.get("null_class")]
+    return [labels[i] for i in rng.integers(0, len(labels), samples)]
+
+
+def _producer() -> dict:
+    import diffusers
+    import torch
+
+    return {"name": "ldm-export", "version": __version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "numpy": np.__version__}
+
+
+def _coverage(timesteps: list[int], train_steps: int) -> dict:
+    edges = [round(v) for v in np.linspace(0, train_steps, HISTOGRAM_BINS + 1)]
+    counts = np.histogram(timesteps, bins=edges)[0].tolist()
+    return {"recorded": timesteps, "min": min(timesteps), "max": max(timesteps),
+            "histogram": {"edges": edges, "counts": counts},
+            "bins_covered": sum(c > 0 for c in counts)}
+
+
+def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20, samples: int = 64,
+            seed: int = 0, guidance_scale: float = 7.5, per_trajectory: int = 4, width: int | None = None,
+            height: int | None = None, config: Path | None = None, tokenizer: Path | None = None,
+            factories: dict[str, str] | None = None, overwrite: bool = False,
+            report: Callable[[str], None] | None = None) -> dict:
+    """Write a calibration set of ``model_path`` to ``out``; returns its manifest.
+
+    ``prompts``: ``general``, ``shapes``, a prompt file, or ``auto`` (``shapes`` for the embedded demo model,
+    ``general`` otherwise); text models only. ``report`` receives a line per stage and turns on a progress
+    bar over the samples (stderr); None keeps quiet.
+    """
+    from ..build import check_resolutions
+    from ..export import component_graphs
+    from ..loading import load_model
+
+    say = report or (lambda msg: None)
+    _check_counts(samples, steps, per_trajectory)
+    prompt_set = load_prompts(resolve_spec(prompts, model_path))
+    if Path(out).exists() and not overwrite:
+        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    say(f"loading {model_path}")
+    model = load_model(model_path, config, tokenizer, factories)
+    dw, dh = model.default_resolution
+    size = check_resolutions(model, ((width or dw, height or dh),))[0]
+    pick_rng, step_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    requests = _requests(model, prompt_set, samples, pick_rng, seed=seed, steps=steps,
+                         guidance_scale=guidance_scale, size=size)
+    graphs = {g.name: list(g.inputs) for g in component_graphs(model)}
+    say(f"running {samples} DDIM trajectories of {steps} steps at {size[0]}x{size[1]}, recording "
+        f"{per_trajectory} UNet inputs from each")
+    with staging_folder(out, overwrite) as staging:
+        writers = {name: _ShardWriter(staging, name) for name in graphs}
+        trajectories = [_record_trajectory(model, k, req, stratified_steps(steps, per_trajectory, step_rng),
+                                           writers, graphs)
+                        for k, req in enumerate(_progress(requests, report is not None))]
+        say("writing shards and the manifest")
+        components = {name: {"inputs": wr.specs, "input_names": graphs[name], "count": wr.count,
+                             "shards": wr.close()} for name, wr in writers.items() if wr.count}
+        files = {}
+        for p in sorted(staging.iterdir()):
+            p.chmod(0o644)
+            files[p.name] = sha256_file(p)
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "producer": _producer(),
+            "model": {"name": Path(model_path).name, "family": model.family, "sha256": model.source_sha256},
+            "prompts": ({"set": prompt_set.name, "sha256": prompt_set.sha256, "count": len(prompt_set.prompts)}
+                        if model.conditioning["kind"] == "text" else None),
+            "sampler": "ddim", "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "eta": 0.0,
+            "classifier_free_guidance": components["unet"]["inputs"]["sample"]["shape"][0] == 2,
+            "samples": samples, "per_trajectory": per_trajectory, "resolution": list(size),
+            "components": components,
+            "timesteps": _coverage([t for tr in trajectories for t in tr["timesteps"]],
+                                   int(model.scheduler_config.get("num_train_timesteps", 1000))),
+            "trajectories": trajectories, "files": files,
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        (staging / MANIFEST).chmod(0o644)
+    return manifest
+
+
+def _requests(model, prompt_set: PromptSet, samples: int, rng: np.random.Generator, *, seed: int, steps: int,
+              guidance_scale: float, size: tuple[int, int]) -> list:
+    """The reference request of every trajectory: prompt (or class label), seed ``seed + k``, the family's
+    guidance rule and input images as for the golden vectors."""
+    from ..golden import GoldenConfig, golden_request
+
+    kind = model.conditioning["kind"]
+    texts = _prompt_order(prompt_set, samples, rng) if kind == "text" else [""] * samples
+    labels = _class_labels(model, samples, rng) if kind == "class" else [None] * samples
+    out = []
+    for k in range(samples):
+        cfg = GoldenConfig(prompt=texts[k], seed=seed + k, steps=steps, guidance_scale=guidance_scale)
+        req = golden_request(model, cfg, *size)
+        out.append(replace(req, class_label=labels[k]) if kind == "class" else req)
+    return out
+
+
+def _record_trajectory(model, k: int, req, picks: list[int], writers: dict[str, _ShardWriter],
+                       graphs: dict[str, list[str]]) -> dict:
+    """Run trajectory ``k``; record the UNet's inputs at the steps ``picks`` and every other component's
+    input once. Returns the trajectory's manifest entry."""
+    from ..golden import component_inputs
+    from ..reference import reference_generate
+
+    run = reference_generate(model, req, record_all=True)
+    if len(run.unet_calls) != req.steps:
+        raise RuntimeError(f"the reference made {len(run.unet_calls)} UNet calls for {req.steps} DDIM steps")
+    for i in picks:
+        writers["unet"].add({n: run.unet_calls[i][n] for n in graphs["unet"]})
+    for name, feeds in sorted(component_inputs(model, run, req).items()):
+        if name != "unet" and name in writers:
+            writers[name].add({n: feeds[n] for n in graphs[name]})
+    entry = {"sample": k, "seed": req.seed, "steps": picks,
+             "timesteps": [int(run.timesteps[i]) for i in picks]}
+    if model.conditioning["kind"] == "text":
+        entry["prompt"] = req.prompt
+    if model.conditioning["kind"] == "class":
+        entry["class_label"] = req.class_label
+    return entry
+
+
+def _progress(items: list, show: bool):
+    from tqdm import tqdm
+
+    return tqdm(items, desc="trajectories", unit="traj", file=sys.stderr, disable=not show, dynamic_ncols=True)
+
+
+def summary_line(manifest: dict, out: Path) -> str:
+    """One line: records per component, the timestep range covered, where the set is."""
+    comps = ", ".join(f"{name} {c['count']}" for name, c in manifest["components"].items())
+    t = manifest["timesteps"]
+    return (f"calibration set of {manifest['samples']} trajectories written to {out}: records {comps}; "
+            f"timesteps {t['min']}–{t['max']} ({t['bins_covered']}/{len(t['histogram']['counts'])} tenths of "
+            f"0–{t['histogram']['edges'][-1]} covered)")
