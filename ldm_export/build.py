@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,9 @@ from .bundle import finalize_manifest, staging_folder
 from .export import OPSET, check_against_torch, component_graphs, export_onnx
 from .golden import GoldenConfig, golden_arrays, manifest_entry, write_golden
 from .loading import LoadedModel, load_model
+from .precision import PRECISIONS, component_recipe, needs_calibration, quantize_component
 from .targets import get_target
 from .tokenizer_export import export_tokenizer
-
-PRECISIONS = ("fp32",)
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class BuildConfig:
     resolutions: tuple[tuple[int, int], ...] = ()   # empty: the model's native resolution
     golden: GoldenConfig = field(default_factory=GoldenConfig)
     overwrite: bool = False
+    calibration: Path | None = None  # calibration set folder (fp16/int8/mixed); None: collect a small one
+    target_psnr: float | None = None  # mixed precision: UNet output PSNR target in dB
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -75,7 +77,9 @@ def _producer() -> dict:
 def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) -> dict:
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
     if cfg.precision not in PRECISIONS:
-        raise UserError(f"precision '{cfg.precision}' is not supported yet; available: {', '.join(PRECISIONS)}")
+        raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
+    if cfg.target_psnr is not None and cfg.precision != "mixed":
+        raise UserError("--target-psnr applies to --precision mixed only")
     target = get_target(cfg.target)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
@@ -84,9 +88,14 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     model = load_model(cfg.model, cfg.config, cfg.tokenizer, dict(cfg.factories))
     sizes = check_resolutions(model, cfg.resolutions)
     graphs = component_graphs(model)
+    quantized = cfg.precision != "fp32"
     components: dict[str, dict] = {}
     checks: list[dict] = []
+    recipes: dict[str, dict] = {}
     with staging_folder(cfg.out, cfg.overwrite) as staging:
+        calib = None
+        if needs_calibration(cfg.precision, [g.name for g in graphs]):
+            calib = _calibration_set(cfg, model, staging / ".calibration", report)
         tokenizer = None
         if model.conditioning["kind"] == "text":
             report("exporting the tokenizer")
@@ -94,21 +103,28 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
             tokenizer = export_tokenizer(model.tokenizer_dir, staging / "tokenizer", kind=kind,
                                          max_length=model.tokenizer_max_length)
             tokenizer["file"] = f"tokenizer/{tokenizer['file']}"
+        fp32_dir = staging / ".fp32" if quantized else staging
+        fp32_dir.mkdir(exist_ok=True)
         for g in graphs:
             report(f"exporting {g.name} to ONNX")
-            files = export_onnx(g, staging, sizes[0])
+            files = export_onnx(g, fp32_dir, sizes[0])
             report(f"checking {g.name} in ONNX Runtime against torch at {', '.join(f'{w}x{h}' for w, h in sizes)}")
-            checks += check_against_torch(g, staging / files[0], sizes, cfg.precision)
+            checks += check_against_torch(g, fp32_dir / files[0], sizes, "fp32")
+            recipe = component_recipe(cfg.precision, g.name)
+            if quantized:
+                report(f"quantizing {g.name}: {recipe}")
+                feeds = _component_feeds(calib, g.name)
+                recipes[g.name] = quantize_component(recipe, fp32_dir / files[0], staging / f"{g.name}.onnx", feeds,
+                                                     target_psnr=cfg.target_psnr, report=report)
+                files = [p.name for p in (staging / f"{g.name}.onnx", staging / f"{g.name}.onnx.data") if p.exists()]
             files = target.compile(staging, g.name, files)
             components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
-                                  "inputs": g.inputs, "outputs": g.outputs}
-        report(f"recording golden vectors ({cfg.golden.steps} DDIM steps of the torch reference)")
-        w, h = min(sizes, key=lambda s: s[0] * s[1])
-        arrays, request = golden_arrays(model, graphs, cfg.golden, w, h)
-        write_golden(staging / "golden" / "golden.npz", arrays)
+                                  "precision": recipe, "inputs": g.inputs, "outputs": g.outputs}
+        if quantized:
+            shutil.rmtree(fp32_dir)
+        shutil.rmtree(staging / ".calibration", ignore_errors=True)
         (staging / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
-        report("writing the manifest")
-        manifest = finalize_manifest(staging, {
+        body = {
             "family": model.family, "target": target.name, "precision": cfg.precision,
             "producer": _producer(),
             "source": {"format": model.source_format, "name": Path(cfg.model).name, "sha256": model.source_sha256},
@@ -125,8 +141,77 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
             "scheduler": model.scheduler_config,
             **({"tokenizer": tokenizer} if tokenizer else {}),
             "components": components,
-            "golden": manifest_entry(request, "golden/golden.npz"),
+        }
+        report(f"recording golden vectors ({cfg.golden.steps} DDIM steps of the torch reference)")
+        w, h = min(sizes, key=lambda s: s[0] * s[1])
+        arrays, request = golden_arrays(model, graphs, cfg.golden, w, h)
+        golden = manifest_entry(request, "golden/golden.npz")
+        if quantized:
+            report("recording the quantized bundle's own golden vectors (ONNX Runtime, CPU)")
+            from .quantized_golden import own_golden
+
+            vs_fp32 = own_golden(staging, {**body, "golden": golden}, arrays, graphs)
+            (staging / "recipe.json").write_text(json.dumps(recipes, indent=1, default=float) + "\n")
+            body["quantization"] = {
+                "recipe": cfg.precision, "file": "recipe.json",
+                "components": {n: _recipe_summary(r) for n, r in recipes.items()},
+                "calibration": calib.summary() if calib is not None else None,
+                "vs_fp32": vs_fp32,
+            }
+            golden["expected"] = "bundle"
+            for line in _quality_lines(cfg.precision, vs_fp32):
+                report(line)
+        write_golden(staging / "golden" / "golden.npz", arrays)
+        report("writing the manifest")
+        manifest = finalize_manifest(staging, {
+            **body, "golden": golden,
             "build": {"seconds": round(time.perf_counter() - t0, 1), "checks": checks},
         })
     report(f"bundle written to {cfg.out} in {time.perf_counter() - t0:.1f} s")
     return manifest
+
+
+def _calibration_set(cfg: BuildConfig, model: LoadedModel, scratch: Path, report: Callable[[str], None]):
+    """The calibration set given with --calibration (checked against the model), or a small one collected now."""
+    from .calibration import CalibrationSet, collect
+
+    if cfg.calibration is not None:
+        report(f"reading calibration set {cfg.calibration}")
+        return CalibrationSet.open(cfg.calibration, model_sha256=model.source_sha256)
+    report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
+    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report, **_auto_calibration(cfg))
+    return CalibrationSet.open(scratch, model_sha256=model.source_sha256)
+
+
+def _auto_calibration(cfg: BuildConfig) -> dict:
+    return {"samples": 16, "steps": 20, "per_trajectory": 4, "seed": 0}
+
+
+def _component_feeds(calib, name: str):
+    return calib.feeds(name) if calib is not None and name in calib.components else None
+
+
+def _recipe_summary(rec: dict) -> dict:
+    """The manifest's short form of a component's recipe (the full record is in recipe.json)."""
+    keep = ("recipe", "mode", "calibrate_method", "target_psnr_db", "psnr_db", "kept_fp32", "fp32_blocks")
+    out = {}
+    for k in keep:
+        if k in rec:
+            v = rec[k]
+            out[k] = [x["name"] if isinstance(x, dict) and "name" in x else x for x in v] if isinstance(v, list) else v
+    return out
+
+
+def _quality_lines(precision: str, vs_fp32: dict) -> list[str]:
+    from ldm_runtime.tolerances import quality_target
+
+    q = quality_target(precision)
+    lines = []
+    for name, db in vs_fp32["components"].items():
+        flag = "" if q.component_psnr_db is None or db >= q.component_psnr_db else \
+            f"  BELOW the {precision} target {q.component_psnr_db:g} dB"
+        lines.append(f"  {name}: {db:.1f} dB vs fp32 torch on the golden inputs{flag}")
+    img = vs_fp32["image_psnr_db"]
+    flag = "" if img >= q.image_psnr_db else f"  BELOW the {precision} target {q.image_psnr_db:g} dB"
+    lines.append(f"  golden image: {img:.1f} dB vs fp32 torch{flag}")
+    return lines

@@ -76,7 +76,17 @@ def source_options(fn):
               help="What to compile for: onnx (ONNX Runtime on CPU/GPU/CoreML).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
+                   "out of range. int8: int8 UNet (static QDQ, per-channel) and text-encoder weights, fp16 "
+                   "autoencoder. mixed: as int8, with the UNet's most sensitive blocks kept in fp32 until "
+                   "--target-psnr is met. See docs/quantization.md.")
+@click.option("--calibration", type=click.Path(), default=None,
+              help="Calibration set from `ldm-export calibrate` (fp16/int8/mixed); it must come from this "
+                   "MODEL. Default: collect a small one (16 trajectories × 20 steps) during the build.")
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--precision mixed: the UNet output's PSNR vs fp32 on calibration data, in dB "
+                   "[default: 35].")
 @click.option("--resolution", "resolutions", multiple=True, metavar="WxH",
               help="An image size the bundle must serve (repeatable). The first is the default; the bundle "
                    "accepts any multiple of the size step between the smallest and largest. "
@@ -91,8 +101,8 @@ def source_options(fn):
 @click.option("--text-encoder", "f_text", metavar="PKG.MODULE:FN", help="Factory of a custom text encoder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
 @user_errors
-def build(model, config, tokenizer, target, out, precision, resolutions, golden_prompt, golden_steps, f_unet,
-          f_decoder, f_encoder, f_text, overwrite):
+def build(model, config, tokenizer, target, out, precision, calibration, target_psnr, resolutions, golden_prompt,
+          golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -105,7 +115,8 @@ def build(model, config, tokenizer, target, out, precision, resolutions, golden_
                       factories=tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder),
                                                           ("encoder", f_encoder), ("text_encoder", f_text)) if v),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
-                      golden=GoldenConfig(prompt=golden_prompt, steps=golden_steps), overwrite=overwrite)
+                      golden=GoldenConfig(prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
+                      calibration=_opt_path(calibration), target_psnr=target_psnr)
     stage = [0]
 
     def report(msg: str) -> None:
@@ -148,6 +159,83 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
     report = run_parity(cfg, report_line=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
     sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--baseline", type=click.Path(file_okay=False), default=None,
+              help="fp32 bundle the adherence images are compared with (default: the first fp32 bundle given).")
+@click.option("--adherence", "adherence_prompts", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Also generate this many prompts of the demo model's caption grammar with every bundle and "
+                   "score prompt adherence (demo model bundles only; 0: skip).")
+@click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), help="Seeds per adherence prompt.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--guidance", default=3.0, show_default=True, type=float)
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Timed runs per component (median reported, after one warm-up).")
+@click.option("--provider", default=None, help="ONNX Runtime execution provider (default: the best installed).")
+@click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
+@user_errors
+def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, provider, as_json):
+    """Compare BUNDLES of one model built with different recipes: size, per-component latency here, PSNR
+    against fp32 torch (components and golden image) and, with --adherence, prompt adherence."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from ldm_runtime.runners.onnxruntime import resolve_providers
+
+    from .report import ReportConfig, format_report, run_report
+
+    cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
+                       adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
+                       providers=tuple(resolve_providers(provider)))
+    rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
+    click.echo(format_report(rows))
+    if as_json:
+        Path(as_json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path())
+@source_options
+@click.option("--prompts", default="auto", show_default=True, metavar="auto|general|shapes|FILE",
+              help="Prompts to sample with: 'general' (~300 varied prompts), 'shapes' (the demo model's caption "
+                   "grammar), or a UTF-8 text file with one prompt per line ('#' comments and blank lines are "
+                   "ignored); 'auto' is shapes for the demo model, general otherwise. Ignored by models without "
+                   "text conditioning.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000),
+              help="DDIM steps of each trajectory (use the step count the deployed sampler will use).")
+@click.option("--samples", default=64, show_default=True, type=click.IntRange(1),
+              help="Trajectories to run: one prompt and one seed each.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seeds the prompt order, the steps picked, and the noise (trajectory k uses SEED+k).")
+@click.option("--guidance", default=7.5, show_default=True, type=float,
+              help="Classifier-free guidance scale; above 1 the UNet sees both halves (unconditional, conditional).")
+@click.option("--per-trajectory", default=4, show_default=True, type=click.IntRange(1),
+              help="UNet inputs kept per trajectory: its steps are split into this many equal bins and one step "
+                   "is drawn from each, so every timestep range is represented.")
+@click.option("--resolution", default=None, metavar="WxH",
+              help="Image size to sample at. Default: the model's native size.")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="The calibration folder to write (written atomically; refused if it exists, unless --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
+@user_errors
+def calibrate(model, config, tokenizer, prompts, steps, samples, seed, guidance, per_trajectory, resolution, out,
+              overwrite):
+    """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
+    timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
+    reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
+    _quiet_libraries()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    from .calibration import collect, summary_line
+
+    width, height = parse_resolution(resolution) if resolution else (None, None)
+    manifest = collect(_model_path(model), Path(out), prompts=prompts, steps=steps, samples=samples, seed=seed,
+                       guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
+                       config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
+                       report=lambda msg: click.echo(msg, err=True))
+    click.echo(summary_line(manifest, Path(out)))
 
 
 if __name__ == "__main__":

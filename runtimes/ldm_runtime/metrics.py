@@ -44,6 +44,17 @@ def psnr(actual, expected, data_range: float) -> float:
     return math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
 
 
+def tensor_psnr(actual, expected) -> float:
+    """PSNR in dB of a tensor against its reference, with the reference's largest magnitude as the peak.
+
+    The measure used for quantized components (an UNet's noise prediction has no fixed range):
+    ``10 log10(max|expected|^2 / mean((actual - expected)^2))``.
+    """
+    _, b = _pair(actual, expected)
+    peak = float(np.max(np.abs(b))) if b.size else 0.0
+    return psnr(actual, expected, peak) if peak > 0 else (math.inf if max_abs(actual, expected) == 0 else -math.inf)
+
+
 def compare(actual, expected) -> dict[str, float]:
     """The standard triple reported for every component output."""
     return {"max_abs": max_abs(actual, expected), "rel_l2": rel_l2(actual, expected),

@@ -1,0 +1,336 @@
+"""Helpers shared by the recipes: load/save (external data), run a graph in ONNX Runtime, metrics,
+quantizable nodes and their grouping into blocks.
+
+Everything here works on ONNX files and numpy arrays only; torch is never imported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+TWO_GB = 2**31
+Feeds = Sequence[Mapping[str, np.ndarray]]
+Report = Callable[[str], None] | None
+
+# Ops whose weight input is quantized (TensorRT's "weighted" layers). MatMul only with a 2-D initializer B
+# (a Linear layer); MatMuls of two activations (attention scores, attention × values) are not quantized.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _say(report: Report, msg: str) -> None:
+    if report is not None:
+        report(msg)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+def load(path: str | Path):
+    """The model at ``path`` with its external data loaded."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=True)
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """The external-data files ``path`` refers to (distinct, existing or not), in first-use order."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    files: list[Path] = []
+    for t in _all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc is not None and (Path(path).parent / loc) not in files:
+                files.append(Path(path).parent / loc)
+    return files
+
+
+def _all_tensors(proto) -> Iterable:
+    yield from proto.graph.initializer
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+
+
+def serialized_size(proto) -> int:
+    """The proto's size in bytes; protobuf's upb backend raises instead of returning a size over 2 GB."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return proto.ByteSize()
+    except EncodeError:
+        return TWO_GB + sum(len(t.raw_data) for t in proto.graph.initializer)
+
+
+def save(proto, path: str | Path, external: bool = False) -> list[str]:
+    """Save ``proto`` to ``path``; with ``external`` or above 2 GB its tensors go to one ``<name>.data`` file
+    beside it (the exporter's layout). Returns the file names written."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_name(path.name + ".data")
+    if data.exists():
+        data.unlink()  # onnx appends to an existing data file
+    if external or serialized_size(proto) >= TWO_GB:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        return [path.name, data.name]
+    onnx.save_model(proto, str(path))
+    return [path.name]
+
+
+def model_size_bytes(path: str | Path) -> int:
+    """Size on disk of the model file plus every external-data file it refers to."""
+    path = Path(path)
+    return path.stat().st_size + sum(f.stat().st_size for f in external_data_files(path) if f.exists())
+
+
+def infer_types(proto):
+    """``proto`` with onnx shape/type inference applied (through a file above 2 GB)."""
+    import onnx
+
+    if serialized_size(proto) < TWO_GB:
+        return onnx.shape_inference.infer_shapes(proto)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        save(proto, src, external=True)
+        onnx.shape_inference.infer_shapes_path(str(src), str(dst))
+        return load(dst)
+
+
+def float_tensor_types(proto) -> dict[str, int]:
+    """Element type of every typed value (inputs, outputs, value_info) of an inferred model."""
+    types = {}
+    for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+# ------------------------------------------------------------------------------------------- running
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+class Session:
+    """An ORT CPU session over a file or an in-memory proto (through a temporary file above 2 GB)."""
+
+    def __init__(self, model, threads: int | None = None):
+        import onnxruntime as ort
+
+        self._tmp = None
+        so = session_options(threads)
+        if isinstance(model, (str, Path)):
+            src = str(model)
+        elif serialized_size(model) < TWO_GB:
+            src = model.SerializeToString()
+        else:
+            self._tmp = tempfile.TemporaryDirectory()
+            src = str(Path(self._tmp.name) / "model.onnx")
+            save(model, src, external=True)
+        self.sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.sess.get_inputs()]
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+
+    def run(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.output_names
+        values = self.sess.run(names, {k: feed[k] for k in self.input_names})
+        return dict(zip(names, values))
+
+    def close(self):
+        self.sess = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_onnx(model, feeds: Feeds, *, threads: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Run ``model`` (a path or a ModelProto) in ORT CPU on each feed; returns its outputs per feed, by name."""
+    with Session(model, threads) as s:
+        return [s.run(f) for f in feeds]
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+def _flat(x) -> np.ndarray:
+    """One float64 vector from an array, a sequence of arrays, or a sequence of output dicts
+    (dicts in sorted-name order, so two runs of the same graph line up)."""
+    if isinstance(x, np.ndarray):
+        return x.astype(np.float64).ravel()
+    if isinstance(x, Mapping):
+        return np.concatenate([_flat(x[k]) for k in sorted(x)]) if x else np.zeros(0)
+    parts = [_flat(v) for v in x]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def output_psnr(ref, got) -> float:
+    """Output PSNR in dB of ``got`` against the fp32 reference ``ref``:
+
+        PSNR = 10 · log10(peak² / MSE),  peak = max |ref|,  MSE = mean (got − ref)²
+
+    over every element of every output of every feed (arrays, lists of arrays, or the lists of output dicts
+    :func:`run_onnx` returns). ``inf`` when identical; ``-inf`` when ``got`` has a NaN or Inf."""
+    a, b = _flat(got), _flat(ref)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if not np.all(np.isfinite(a)):
+        return -math.inf
+    mse = float(np.mean((a - b) ** 2)) if a.size else 0.0
+    peak = float(np.max(np.abs(b))) if b.size else 0.0
+    if mse == 0.0:
+        return math.inf
+    if peak == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(peak * peak / mse)
+
+
+def output_metrics(ref, got) -> dict:
+    """PSNR (dB), cosine similarity, relative L2 and max |difference| of ``got`` against ``ref``."""
+    a, b = _flat(got), _flat(ref)
+    finite = bool(np.all(np.isfinite(a)))
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    cos = float(np.dot(a, b) / (na * nb)) if finite and na > 0 and nb > 0 else (1.0 if na == nb == 0 else 0.0)
+    return {"psnr_db": _num(output_psnr(ref, got)), "cosine": cos if finite else None,
+            "rel_l2": float(np.linalg.norm(a - b) / nb) if finite and nb > 0 else None,
+            "max_abs": float(np.max(np.abs(a - b))) if finite and a.size else None, "finite": finite}
+
+
+def _num(x: float):
+    """JSON-safe float: inf/-inf/nan become strings."""
+    if math.isfinite(x):
+        return round(x, 4)
+    return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+
+
+# ---------------------------------------------------------------------------- quantizable nodes, blocks
+
+@dataclass(frozen=True)
+class WeightedNode:
+    name: str
+    op_type: str
+    weight: str          # initializer name
+    weight_params: int   # number of elements
+    axis: int            # output-channel axis of the weight
+
+
+def _initializers(proto) -> dict:
+    return {t.name: t for t in proto.graph.initializer}
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            import onnx
+
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def weighted_nodes(proto) -> list[WeightedNode]:
+    """Conv/ConvTranspose/Gemm nodes with an initializer weight, and MatMul nodes whose B is a 2-D
+    initializer (Linear layers), in graph order. Activation × activation MatMuls are not included."""
+    inits = _initializers(proto)
+    out = []
+    for n in proto.graph.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = inits[n.input[1]]
+        if w.data_type != 1:  # FLOAT
+            continue
+        dims = list(w.dims)
+        if n.op_type == "MatMul":
+            if len(dims) != 2:
+                continue
+            axis = 1
+        elif n.op_type == "Gemm":
+            axis = 0 if _attr(n, "transB", 0) else 1
+        elif n.op_type == "ConvTranspose":
+            if _attr(n, "group", 1) != 1:
+                continue
+            axis = 1
+        else:
+            axis = 0
+        if not n.name:
+            raise ValueError(f"a {n.op_type} node has no name; name every node before quantizing")
+        out.append(WeightedNode(n.name, n.op_type, w.name, int(np.prod(dims)), axis))
+    return out
+
+
+_INDEXED = re.compile(r".+\.\d+$")
+
+
+def _scope(node_name: str) -> list[str]:
+    parts = [p for p in node_name.split("/") if p]
+    return parts[:-1]  # the last part is the op ("Conv", "MatMul_1")
+
+
+def block_names(node_names: Sequence[str]) -> dict[str, str]:
+    """Group node names into blocks, from the module scopes torch writes into ONNX node names.
+
+    ``/m/down_blocks.0/resnets.0/conv1/Conv`` → ``down_blocks.0/resnets.0``: the scope is cut after its second
+    indexed component (``name.N``), or after its first when there is only one (``mid_block/attentions.0``,
+    ``text_model/encoder/layers.3``); a scope without an index is a block of its own (``conv_in``,
+    ``time_embedding/linear_1``); a block whose name continues another block's name joins that one
+    (``mid_block/attentions.0/transformer_blocks.0`` → ``mid_block/attentions.0``). Leading components shared
+    by every node (the export wrapper's ``m``) are dropped. A node without a scope (``Conv_12``) is its own
+    block."""
+    scopes = {n: _scope(n) for n in node_names}
+    common = 0
+    with_scope = [s for s in scopes.values() if s]
+    if len(with_scope) > 1:
+        first = with_scope[0]
+        while (common < min(len(s) for s in with_scope) - 1
+               and all(s[common] == first[common] for s in with_scope)):
+            common += 1
+    blocks = {}
+    for name, scope in scopes.items():
+        if not scope:
+            blocks[name] = name
+            continue
+        scope = scope[common:] if len(scope) > common else scope
+        idx = [i for i, p in enumerate(scope) if _INDEXED.match(p)]
+        if not idx:
+            blocks[name] = "/".join(scope)
+        else:
+            cut = idx[1] if len(idx) > 1 else idx[0]
+            blocks[name] = "/".join(scope[:cut + 1])
+    # a block inside another block joins it (mid_block/attentions.0/transformer_blocks.0 → mid_block/attentions.0,
+    # whose proj_in/proj_out sit one level up)
+    names = set(blocks.values())
+    outer = {b: min((a for a in names if b.startswith(a + "/")), key=len, default=b) for b in names}
+    return {n: outer[b] for n, b in blocks.items()}
+
+
+def ensure_node_names(proto) -> None:
+    """Give every unnamed (or duplicate-named) node a unique name, in place; the recipes refer to nodes by name."""
+    seen: set[str] = set()
+    for i, n in enumerate(proto.graph.node):
+        if not n.name or n.name in seen:
+            name = f"{n.name or n.op_type}_{i}"
+            while name in seen:
+                name += "_"
+            n.name = name
+        seen.add(n.name)

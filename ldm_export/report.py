@@ -1,0 +1,181 @@
+"""``ldm-export report``: one table comparing bundles of the same model built with different recipes.
+
+Per bundle: precision, size on disk, each component's latency on this machine (ONNX
+Runtime, the bundle's golden inputs, median of ``runs`` after a warm-up), each
+component's PSNR against fp32 torch on those inputs and the golden image's PSNR
+against the fp32 torch image (both from the golden file: a quantized bundle keeps
+torch's outputs beside its own). With ``adherence_prompts`` (the demo model's caption
+grammar) every bundle also generates prompts × seeds, scored by the analytic
+prompt-adherence checker, and each image is compared with the baseline bundle's image
+of the same prompt and seed.
+
+Needs no torch: everything torch-side was recorded into the bundles at build time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ldm_runtime.bundle import open_bundle
+from ldm_runtime.errors import UserError
+from ldm_runtime.metrics import psnr, tensor_psnr
+from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.verify import load_golden
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    bundles: tuple[Path, ...]
+    baseline: Path | None = None      # default: the first fp32 bundle among ``bundles``
+    runs: int = 5
+    adherence_prompts: int = 0        # 0: no adherence/image comparison
+    seeds: int = 2
+    steps: int = 50
+    guidance_scale: float = 3.0
+    providers: tuple[str, ...] | None = None
+
+
+@dataclass
+class BundleRow:
+    name: str
+    precision: str
+    size_bytes: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    component_psnr_db: dict[str, float] = field(default_factory=dict)
+    golden_image_psnr_db: float = float("nan")
+    adherence: dict[str, float] | None = None
+    vs_baseline_psnr_db: dict[str, float] | None = None   # mean / min over the adherence images
+
+
+def bundle_size(bundle) -> int:
+    return sum(bundle.path(rel).stat().st_size for rel in bundle.manifest["files"])
+
+
+def _torch_ref(golden: dict[str, np.ndarray], component: str, output: str) -> np.ndarray:
+    return golden.get(f"{component}/ref/{output}", golden.get(f"{component}/out/{output}"))
+
+
+def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
+    bundle = open_bundle(path)
+    m = bundle.manifest
+    options = {"providers": list(cfg.providers)} if cfg.providers else {}
+    pipeline = Pipeline(bundle, Components(bundle, **options))
+    golden = load_golden(bundle)
+    row = BundleRow(name=str(path), precision=m["precision"], size_bytes=bundle_size(bundle))
+    for name, comp in m["components"].items():
+        feeds = {k.split("/")[-1]: v for k, v in golden.items() if k.startswith(f"{name}/in/")}
+        if not feeds:
+            continue
+        with pipeline.components.use(name) as runner:
+            got = pipeline.run_batch(runner, feeds, where="golden inputs")  # warm-up
+            times = []
+            for _ in range(cfg.runs):
+                t = time.perf_counter()
+                runner.run(feeds)
+                times.append(time.perf_counter() - t)
+        row.latency_ms[name] = 1000 * statistics.median(times)
+        for out in comp["outputs"]:
+            label = name if len(comp["outputs"]) == 1 else f"{name}.{out}"
+            row.component_psnr_db[label] = tensor_psnr(got[out], _torch_ref(golden, name, out))
+    ref_image = golden.get("reference/image", golden["trajectory/image"])
+    gm = m["golden"]
+    result = pipeline.generate(GenerateConfig(
+        prompt=gm["prompt"], negative_prompt=gm["negative_prompt"], steps=gm["steps"],
+        guidance_scale=gm["guidance_scale"], eta=gm["eta"], seed=gm["seed"], width=gm["width"],
+        height=gm["height"], noise=gm.get("noise", "torch"), class_label=gm.get("class_label"),
+        image=golden.get("request/image"), mask=golden.get("request/mask")))
+    row.golden_image_psnr_db = psnr(result.image, ref_image, 255.0)
+    return row, pipeline
+
+
+def adherence_images(pipeline: Pipeline, prompts: list[str], seeds: int, steps: int, guidance: float,
+                     progress=None) -> list[np.ndarray]:
+    images = []
+    for p in prompts:
+        for s in range(seeds):
+            images.append(pipeline.generate(GenerateConfig(prompt=p, steps=steps, guidance_scale=guidance,
+                                                           seed=s)).image)
+            if progress is not None:
+                progress.update(1)
+    return images
+
+
+def run_report(cfg: ReportConfig, progress_factory=None) -> list[BundleRow]:
+    if not cfg.bundles:
+        raise UserError("give at least one bundle")
+    rows, pipelines = [], []
+    for path in cfg.bundles:
+        row, pipe = measure_bundle(Path(path), cfg)
+        rows.append(row)
+        pipelines.append(pipe)
+    sources = {p.bundle.manifest["source"]["sha256"] for p in pipelines}
+    if len(sources) > 1:
+        raise UserError("the bundles come from different models (source sha256 differ); compare recipes of one model")
+    if cfg.adherence_prompts:
+        from .demo import adherence, shapes
+
+        baseline = cfg.baseline
+        if baseline is None:
+            baseline = next((Path(r.name) for r in rows if r.precision == "fp32"), None)
+        if baseline is None:
+            raise UserError("adherence images are compared with an fp32 bundle: include one or pass --baseline")
+        if Path(baseline) not in [Path(r.name) for r in rows]:
+            b_row, b_pipe = measure_bundle(Path(baseline), cfg)
+            rows.insert(0, b_row)
+            pipelines.insert(0, b_pipe)
+        prompts = shapes.eval_prompts(cfg.adherence_prompts)
+        reps = [p for p in prompts for _ in range(cfg.seeds)]
+        images: dict[str, list[np.ndarray]] = {}
+        for row, pipe in zip(rows, pipelines):
+            bar = progress_factory(len(reps), row.name) if progress_factory else None
+            images[row.name] = adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar)
+            if bar is not None:
+                bar.close()
+            row.adherence = adherence.score(reps, images[row.name])
+        base = images[str(Path(baseline))] if str(Path(baseline)) in images else images[rows[0].name]
+        for row in rows:
+            values = [psnr(a, b, 255.0) for a, b in zip(images[row.name], base)]
+            finite = [v for v in values if np.isfinite(v)]
+            row.vs_baseline_psnr_db = {"mean": float(np.mean(finite)) if finite else float("inf"),
+                                       "min": float(min(values)), "identical": len(values) - len(finite)}
+    for p in pipelines:
+        p.components.release_all()
+    return rows
+
+
+def _db(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:.1f}"
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *body]]
+
+
+_ORDER = ["text_encoder", "class_embedder", "unet", "vae_decoder", "vae_encoder"]
+
+
+def format_report(rows: list[BundleRow]) -> str:
+    """Markdown tables: size, latency and PSNR vs fp32 torch; adherence when measured."""
+    comps = sorted({c for r in rows for c in r.latency_ms}, key=_ORDER.index)
+    outs = sorted({c for r in rows for c in r.component_psnr_db}, key=lambda c: _ORDER.index(c.split(".")[0]))
+    lines = _table(
+        ["bundle", "precision", "size MiB", *(f"{c} ms" for c in comps), *(f"{c} dB" for c in outs),
+         "golden image dB"],
+        [[r.name, r.precision, f"{r.size_bytes / 2**20:.2f}",
+          *(f"{r.latency_ms.get(c, float('nan')):.2f}" for c in comps),
+          *(_db(r.component_psnr_db.get(c, float("nan"))) for c in outs), _db(r.golden_image_psnr_db)]
+         for r in rows])
+    if any(r.adherence for r in rows):
+        lines += [""] + _table(
+            ["bundle", "n", "colour", "shape", "colour+shape", "position", "overall",
+             "image dB vs baseline (mean / min)"],
+            [[r.name, str(r.adherence["n"]),
+              *(f"{100 * r.adherence[k]:.1f} %" for k in ("colour", "shape", "colour_shape", "position", "overall")),
+              f"{_db(r.vs_baseline_psnr_db['mean'])} / {_db(r.vs_baseline_psnr_db['min'])}"]
+             for r in rows if r.adherence])
+    return "\n".join(lines)
