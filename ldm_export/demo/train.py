@@ -16,9 +16,9 @@ Stages, LDM style (Rombach et al. 2022):
    the weights.
 
 The autoencoder trains in two phases (16 x 16 crops, then full images) and the
-diffusion model in two phases (the second continues from the first's EMA
-weights); see docs/demo_model.md. The shipped model took 57 minutes on 2 shared,
-heavily loaded cores with ``--threads 1``.
+diffusion model in up to three phases (each continues from the previous one's EMA
+weights); see docs/demo_model.md. The shipped model (all defaults) took
+105 minutes in all on 2 shared, heavily loaded cores with ``--threads 1``.
 
 The result is saved as an ordinary diffusers ``StableDiffusionPipeline`` folder
 with a ``DDIMScheduler`` config. Everything is seeded: the same seed, step
@@ -225,7 +225,11 @@ def tokenize(tokenizer, captions: list[str]):
 def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: float, *, steps: int, batch: int,
                     lr: float, seed: int, log: Logger, p_uncond: float = 0.1, snr_gamma: float = 5.0,
                     ema_decay: float = 0.995, deadline: float | None = None, unet=None, text=None,
-                    step0: int = 0, warmup: int = 100, phase: str = "1"):
+                    step0: int = 0, warmup: int = 100, phase: str = "1", checkpoint=None, checkpoint_every: int = 0):
+    """One diffusion phase; returns the EMA (unet, text) and whether the deadline stopped it.
+
+    ``checkpoint(step, ema_unet, ema_text)`` is called every ``checkpoint_every`` steps (0: never).
+    """
     import copy
 
     import torch
@@ -235,6 +239,8 @@ def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: 
     if unet is None:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         text = make_text_encoder(tokenizer)
+    for m in (unet, text):  # a previous phase hands over its EMA copies, which have gradients switched off
+        m.requires_grad_(True)
     ema = [copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()]
     for m in ema:
         m.requires_grad_(False)
@@ -288,6 +294,8 @@ def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: 
                 el = time.time() - t_start
                 log.log("events", stage="diffusion", **row, s_per_step=round(el / (step + 1), 3))
             log.save()
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step < steps - 1:
+            checkpoint(step0 + step + 1, ema[0], ema[1])
         if deadline is not None and time.time() > deadline:
             stopped_early = True
             log.log("events", stage="diffusion", warning=f"time cap hit: stopped after {step + 1} of {steps} steps")
@@ -347,6 +355,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--unet-steps2", type=int, default=1200, help="diffusion phase 2 steps (from phase 1's EMA)")
     ap.add_argument("--unet-lr2", type=float, default=5e-4)
+    ap.add_argument("--unet-steps3", type=int, default=5000, help="diffusion phase 3 steps (from phase 2's EMA; 0: none)")
+    ap.add_argument("--unet-lr3", type=float, default=3e-4)
+    ap.add_argument("--resume-from", type=Path, default=None,
+                    help="pipeline folder holding the result of phases 1-2 (autoencoder + diffusion phase 2 of an "
+                         "earlier run with the same arguments): load it and run phase 3 only")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="save the EMA weights every N steps of the last phase to <out>.work/ckpt_<step>")
     ap.add_argument("--reuse-diffusion-phase1", action="store_true",
                     help="reuse <out>.work/diffusion_phase1 (from an earlier run with the same arguments)")
     ap.add_argument("--stage", choices=("all", "ae", "diffusion"), default="all",
@@ -374,7 +389,22 @@ def main(argv: list[str] | None = None) -> None:
     # stage 1 is cached in <out>.work/vae so that the stages can run as separate invocations
     work = args.out.parent / (args.out.name + ".work")
     ae_log = work / "autoencoder_log.json"
-    if args.stage in ("all", "ae") or not (work / "vae").exists():
+    if args.resume_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.resume_from / "vae").eval()
+        prev_log = json.loads((args.resume_from.parent / "training_log.json").read_text()) \
+            if (args.resume_from.parent / "training_log.json").exists() else {}
+        for key in ("autoencoder", "autoencoder_summary", "diffusion"):
+            if key in prev_log:
+                log.data[key] = prev_log[key]
+        prev_summary = prev_log.get("summary", {})
+        t_ae = 60 * prev_summary.get("autoencoder_minutes", 0.0)
+        t0 -= 60 * prev_summary.get("total_minutes", 0.0)  # report the total time of all stages
+        scaling = float(vae.config.scaling_factor)
+        lat_mean, lat_std = encode_all(vae, imgs)
+        log.log("events", stage="resumed", path=str(args.resume_from), previous_minutes=prev_summary.get("total_minutes"))
+    elif args.stage in ("all", "ae") or not (work / "vae").exists():
         p1 = work / "vae_phase1"
         if args.reuse_phase1 and p1.exists():  # identical to retraining phase 1 (same seed and steps)
             from diffusers import AutoencoderKL
@@ -434,7 +464,26 @@ def main(argv: list[str] | None = None) -> None:
     write_tokenizer(tok_dir, shapes.vocabulary())
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     d1 = work / "diffusion_phase1"
-    if args.reuse_diffusion_phase1 and d1.exists():  # identical to retraining phase 1 (same seed and steps)
+    last_phase = 3 if args.unet_steps3 > 0 else 2 if args.unet_steps2 > 0 else 1
+
+    def checkpointer(phase: int):
+        if not args.checkpoint_every or phase != last_phase:
+            return None
+
+        def save(step, ema_unet, ema_text):
+            ema_unet.save_pretrained(work / f"ckpt_{step}" / "unet")
+            ema_text.save_pretrained(work / f"ckpt_{step}" / "text_encoder")
+            log.log("events", stage="checkpoint", step=step, path=str(work / f"ckpt_{step}"))
+        return save
+
+    if args.resume_from is not None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(args.resume_from / "unet")
+        text = CLIPTextModel.from_pretrained(args.resume_from / "text_encoder")
+        early = False
+    elif args.reuse_diffusion_phase1 and d1.exists():  # identical to retraining phase 1 (same seed and steps)
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -449,17 +498,27 @@ def main(argv: list[str] | None = None) -> None:
         t1 = time.time()
         unet, text, early = train_diffusion(lat_mean, lat_std, caps, tokenizer, scaling, steps=args.unet_steps,
                                             batch=args.unet_batch, lr=args.unet_lr, seed=args.seed, log=log,
-                                            deadline=deadline)
+                                            deadline=deadline, checkpoint=checkpointer(1),
+                                            checkpoint_every=args.checkpoint_every)
         unet.save_pretrained(d1 / "unet")
         text.save_pretrained(d1 / "text_encoder")
         (d1 / "log.json").write_text(json.dumps({"diffusion": log.data["diffusion"], "seconds": time.time() - t1,
                                                  "stopped_early": early}))
-    if args.unet_steps2 > 0:  # phase 2: continue from phase 1's EMA weights, fresh optimizer and schedule
+    if args.unet_steps2 > 0 and args.resume_from is None:
+        # phase 2: continue from phase 1's EMA weights, fresh optimizer and schedule
         unet, text, early2 = train_diffusion(
             lat_mean, lat_std, caps, tokenizer, scaling, steps=args.unet_steps2, batch=args.unet_batch,
             lr=args.unet_lr2, seed=args.seed + 200, log=log, deadline=deadline, unet=unet.train(),
-            text=text.train(), step0=args.unet_steps, warmup=50, phase="2")
+            text=text.train(), step0=args.unet_steps, warmup=50, phase="2", checkpoint=checkpointer(2),
+            checkpoint_every=args.checkpoint_every)
         early = early or early2
+    if args.unet_steps3 > 0:  # phase 3: the same again from phase 2's EMA weights
+        unet, text, early3 = train_diffusion(
+            lat_mean, lat_std, caps, tokenizer, scaling, steps=args.unet_steps3, batch=args.unet_batch,
+            lr=args.unet_lr3, seed=args.seed + 300, log=log, deadline=deadline, unet=unet.train(),
+            text=text.train(), step0=args.unet_steps + args.unet_steps2, warmup=50, phase="3",
+            checkpoint=checkpointer(3), checkpoint_every=args.checkpoint_every)
+        early = early or early3
     t_all = time.time() - t0
     save_pipeline(args.out, vae, text, tok_dir, unet, args.fp16)
     shutil.rmtree(tok_dir)
