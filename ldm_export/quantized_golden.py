@@ -18,7 +18,8 @@ import numpy as np
 
 from ldm_runtime.bundle import Bundle
 from ldm_runtime.metrics import psnr, tensor_psnr
-from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.pipeline import Components, Pipeline
+from ldm_runtime.verify import golden_request
 
 TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image")
 
@@ -39,12 +40,7 @@ def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], gra
                 arrays[f"{g.name}/out/{out}"] = got[out]
                 label = g.name if len(g.outputs) == 1 else f"{g.name}.{out}"
                 vs_fp32["components"][label] = round(tensor_psnr(got[out], ref), 2)
-        gm = manifest["golden"]
-        result = pipeline.generate(GenerateConfig(
-            prompt=gm["prompt"], negative_prompt=gm["negative_prompt"], steps=gm["steps"],
-            guidance_scale=gm["guidance_scale"], eta=gm["eta"], seed=gm["seed"], width=gm["width"],
-            height=gm["height"], noise=gm.get("noise", "torch"), class_label=gm.get("class_label"),
-            image=arrays.get("request/image"), mask=arrays.get("request/mask")), trace=True)
+        result = pipeline.generate(golden_request(manifest, arrays), trace=True)
     finally:
         pipeline.components.release_all()
     for key in TRAJECTORY_KEYS:

@@ -25,7 +25,7 @@ from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
-from ldm_runtime.verify import load_golden
+from ldm_runtime.verify import golden_request, load_golden
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,7 @@ def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
             label = name if len(comp["outputs"]) == 1 else f"{name}.{out}"
             row.component_psnr_db[label] = tensor_psnr(got[out], _torch_ref(golden, name, out))
     ref_image = golden.get("reference/image", golden["trajectory/image"])
-    gm = m["golden"]
-    result = pipeline.generate(GenerateConfig(
-        prompt=gm["prompt"], negative_prompt=gm["negative_prompt"], steps=gm["steps"],
-        guidance_scale=gm["guidance_scale"], eta=gm["eta"], seed=gm["seed"], width=gm["width"],
-        height=gm["height"], noise=gm.get("noise", "torch"), class_label=gm.get("class_label"),
-        image=golden.get("request/image"), mask=golden.get("request/mask")))
+    result = pipeline.generate(golden_request(m, golden))
     row.golden_image_psnr_db = psnr(result.image, ref_image, 255.0)
     return row, pipeline
 

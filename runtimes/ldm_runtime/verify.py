@@ -53,6 +53,16 @@ def _tables(precision: str):
         raise BundleError(f"no tolerances for precision '{precision}' in this ldm-runtime; upgrade it") from None
 
 
+def golden_request(manifest: dict, golden: dict[str, np.ndarray]) -> GenerateConfig:
+    """The generation request of the bundle's golden trajectory (manifest ``golden`` + its input images)."""
+    g = manifest["golden"]
+    return GenerateConfig(
+        prompt=g["prompt"], negative_prompt=g["negative_prompt"], steps=g["steps"],
+        guidance_scale=g["guidance_scale"], eta=g["eta"], seed=g["seed"], width=g["width"],
+        height=g["height"], noise=g.get("noise", "torch"), class_label=g.get("class_label"),
+        image=golden.get("request/image"), mask=golden.get("request/mask"))
+
+
 def verify_bundle(pipeline: Pipeline) -> VerifyReport:
     bundle = pipeline.bundle
     m = bundle.manifest
@@ -83,12 +93,7 @@ def verify_bundle(pipeline: Pipeline) -> VerifyReport:
             label = name if len(outputs) == 1 else f"{name}.{out_name}"
             checks.append(Check(label, metrics, f"rel_l2 ≤ {tol.rel_l2:g}, cos ≥ {tol.min_cosine}", ok))
 
-    g = m["golden"]
-    result = pipeline.generate(GenerateConfig(
-        prompt=g["prompt"], negative_prompt=g["negative_prompt"], steps=g["steps"],
-        guidance_scale=g["guidance_scale"], eta=g["eta"], seed=g["seed"], width=g["width"],
-        height=g["height"], noise=g.get("noise", "torch"), class_label=g.get("class_label"),
-        image=golden.get("request/image"), mask=golden.get("request/mask")), trace=True)
+    result = pipeline.generate(golden_request(m, golden), trace=True)
     first_bad = None
     ref_latents = golden["trajectory/latents"]
     worst: dict[str, float] = {"max_abs": 0.0, "rel_l2": 0.0, "cosine": 1.0}
