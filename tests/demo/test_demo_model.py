@@ -97,3 +97,21 @@ def test_demo_bundle_verifies_without_torch(demo_bundle):
 
     r = subprocess.run(ldm_run_blocked("verify", str(demo_bundle)), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout + r.stderr
+
+
+def test_report_scores_adherence_against_the_baseline(demo_bundle, tmp_path):
+    """`ldm-export report --adherence`: a bundle compared with itself is identical to its baseline, and its
+    adherence is the checker's score of its own images (so the columns are wired to real measurements)."""
+    from ldm_export.demo import adherence, shapes
+    from ldm_export.report import ReportConfig, adherence_images, run_report
+    from ldm_runtime.bundle import open_bundle
+    from ldm_runtime.pipeline import Components, Pipeline
+
+    rows = run_report(ReportConfig(bundles=(demo_bundle,), runs=1, adherence_prompts=3, seeds=1, steps=10,
+                                   providers=("CPUExecutionProvider",)))
+    (row,) = rows
+    assert row.vs_baseline_psnr_db["identical"] == 3 and row.vs_baseline_psnr_db["below_target"] == 0
+    b = open_bundle(demo_bundle)
+    prompts = shapes.eval_prompts(3)
+    imgs = adherence_images(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])), prompts, 1, 10, 3.0)
+    assert row.adherence == adherence.score(prompts, imgs)
