@@ -130,3 +130,19 @@ def test_unreachable_mixed_target_fails_cleanly_through_the_cli(tiny_sd, calib, 
 def test_target_psnr_needs_mixed(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="--target-psnr applies to --precision mixed"):
         build(BuildConfig(model=tiny_sd, out=tmp_path / "b", precision="fp16", target_psnr=30.0))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_bad_calibration_folder_is_one_line_and_nothing_written(tiny_sd, calib, tmp_path, damage):
+    path = tmp_path / "calib"
+    if damage == "truncated":
+        shutil.copytree(calib, path)
+        shard = sorted(path.glob("unet-*.safetensors"))[0]
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    out = tmp_path / "b"
+    res = CliRunner().invoke(export_cli, ["build", str(tiny_sd), "--out", str(out), "--precision", "int8",
+                                          "--calibration", str(path)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error:") and ("does not exist" in last if damage == "missing" else "unet-" in last)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
