@@ -137,9 +137,9 @@ def run_parity(cfg: ParityConfig, report_line=lambda msg: None) -> ParityReport:
 
 
 def format_parity(report: ParityReport) -> str:
-    lines = ["component            max_abs     rel_l2      cosine      PSNR dB  result"]
+    lines = ["component                max_abs     rel_l2      cosine      PSNR dB  result"]
     for r in report.components:
-        lines.append(f"{r['component']:<20} {r['max_abs']:<11.3g} {r['rel_l2']:<11.3g} {r['cosine']:<11.8f} "
+        lines.append(f"{r['component']:<24} {r['max_abs']:<11.3g} {r['rel_l2']:<11.3g} {r['cosine']:<11.8f} "
                      f"{r['psnr_db']:<8.2f} {'ok' if r['ok'] else 'FAIL'}")
     lines.append("")
     lines.append("case                                        seed  worst step drift  first bad step  "

@@ -218,7 +218,7 @@ def info(bundle, as_json):
         size = sum(b.path(f).stat().st_size for f in [comp["file"], comp.get("external_data")] if f
                    and b.path(f).exists())
         ins = ", ".join(f"{k}{v['shape']}" for k, v in comp["inputs"].items())
-        lines.append(f"  {name:<13} {size / 2**20:8.1f} MiB  {comp.get('precision', m['precision']):<12} {ins}")
+        lines.append(f"  {name:<13} {size / 2**20:8.1f} MiB  {comp.get('precision', m['precision']):<16} {ins}")
     click.echo("\n".join(lines))
 
 
