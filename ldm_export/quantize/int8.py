@@ -12,8 +12,17 @@ Static placement (docs/quantization.md has the reasoning):
 * a tensor read by a quantized layer and by float ops (a residual branch, ``encoder_hidden_states`` read by
   every cross-attention) reaches the float ops unquantized: only the quantized layers read the DQ output.
 
+``layout="ort-cpu"`` places Q/DQ where ONNX Runtime's CPU provider turns them into integer kernels instead
+(see :data:`LAYOUTS` and docs/quantization.md, "Layouts: tensorrt and ort-cpu"): a Conv's output is quantized
+too (one QuantizeLinear, so ORT fuses DQ -> Conv -> Q into QLinearConv) and its bias is int32 (scale = input
+scale x weight scale); every reader of an activation gets its own Q/DQ pair with its own scale/zero-point
+initializers (a DequantizeLinear shared by several MatMuls blocks ORT's MatMulIntegerToFloat fusion, and ORT's
+common-subexpression elimination merges dedicated pairs back when they share initializers); a Conv whose
+output is a graph output (the UNet's conv_out) stays float.
+
 Calibration ranges are computed once (:func:`calibrate`) and reused for any choice of quantized nodes;
-:mod:`.mixed` relies on that.
+:mod:`.mixed` relies on that. The ort-cpu layout also needs the ranges of the Conv outputs
+(``calibrate(..., conv_outputs=True)``).
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION = "minmax"
 DEFAULT_PERCENTILE = 99.999
 MODES = ("static", "dynamic", "weight_only")
+LAYOUTS = ("tensorrt", "ort-cpu")   # static Q/DQ placement: TensorRT explicit quantization / ORT CPU integer kernels
+DEFAULT_LAYOUT = "tensorrt"
 
 
 # ------------------------------------------------------------------------------------------ calibration
@@ -99,7 +110,7 @@ def _typed_model(path: Path):
 
 def calibrate(onnx_in: str | Path, feeds: Feeds, *, method: str = DEFAULT_CALIBRATION,
               percentile: float = DEFAULT_PERCENTILE, threads: int | None = None, report: Report = None,
-              every_op: bool = False) -> Calibration:
+              every_op: bool = False, conv_outputs: bool = False) -> Calibration:
     """Ranges of the activation inputs of the weighted nodes over ``feeds``, with ORT's calibrators.
 
     ``minmax``: the largest |x| seen (reduced inside the graph: only two scalars per tensor leave ORT);
@@ -107,7 +118,8 @@ def calibrate(onnx_in: str | Path, feeds: Feeds, *, method: str = DEFAULT_CALIBR
     minimising the KL divergence between the histogram and its int8 version (2048 bins, 128 quantized bins:
     TensorRT's entropy calibration). The histograms are fed one feed at a time (ORT's calibrators otherwise keep
     every intermediate of every feed in memory). The quantizer makes every range symmetric (max(|min|, |max|)).
-    ``every_op``: ranges for the inputs and outputs of every node instead (for quantizing all op types)."""
+    ``every_op``: ranges for the inputs and outputs of every node instead (for quantizing all op types).
+    ``conv_outputs``: also the outputs of the Conv nodes that are not graph outputs (``layout="ort-cpu"``)."""
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import EntropyCalibrater, MinMaxCalibrater, PercentileCalibrater
 
@@ -124,7 +136,10 @@ def calibrate(onnx_in: str | Path, feeds: Feeds, *, method: str = DEFAULT_CALIBR
     _say(report, f"calibrating ({method}) on {len(feeds)} feeds")
     with tempfile.TemporaryDirectory(prefix="ldm-quant-") as tmp:
         typed = _typed_model(Path(onnx_in))
-        wanted = {n.input[0] for n in typed.graph.node if n.name in {w.name for w in weighted_nodes(typed)}}
+        weighted = {w.name for w in weighted_nodes(typed)}
+        wanted = {n.input[0] for n in typed.graph.node if n.name in weighted}
+        if conv_outputs:
+            wanted |= _conv_outputs(typed, weighted)
         src = Path(tmp) / "model.onnx"
         save(typed, src, external=bool(external_data_files(onnx_in)))
         del typed
@@ -156,7 +171,23 @@ def calibrate(onnx_in: str | Path, feeds: Feeds, *, method: str = DEFAULT_CALIBR
                     cal.collect_data(_Reader([f], names))
             ranges = cal.compute_data()
         del cal
+    if conv_outputs:
+        options = dict(options, conv_outputs=True)
     return Calibration(method, ranges, len(feeds), options, time.perf_counter() - t0)
+
+
+def _graph_output_convs(model) -> set[str]:
+    """Conv nodes whose output is a graph output: the ort-cpu layout leaves them float (a quantized graph output
+    would be int8 precision; ORT's quantizer cannot quantize a Conv's inputs without its output)."""
+    outputs = {o.name for o in model.graph.output}
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.output[0] in outputs}
+
+
+def _conv_outputs(model, names: set[str]) -> set[str]:
+    """Outputs of the Conv nodes among ``names`` that are not graph outputs (ort-cpu quantizes them)."""
+    outputs = {o.name for o in model.graph.output}
+    return {n.output[0] for n in model.graph.node
+            if n.op_type == "Conv" and n.name in names and n.output[0] not in outputs}
 
 
 # ------------------------------------------------------------------------------------------ static QDQ
@@ -170,31 +201,109 @@ STATIC_OPTIONS = {
 }
 
 
-def quantize_qdq(typed_model, calibration: Calibration, nodes: Sequence[str]):
+ORT_CPU_OPTIONS = dict(
+    STATIC_OPTIONS,
+    ActivationSymmetric=False,             # uint8 activations, zero point from the range
+    QuantizeBias=True,                     # int32 Conv/Gemm biases (QLinearConv wants them)
+    DedicatedQDQPair=True,                 # one Q/DQ pair per reader of an activation
+    OpTypesToExcludeOutputQuantization=["ConvTranspose", "Gemm", "MatMul"],   # Conv outputs are quantized
+)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise UserError(f"int8 layout '{layout}' is unknown; available: {', '.join(LAYOUTS)}")
+
+
+def quantize_qdq(typed_model, calibration: Calibration, nodes: Sequence[str], layout: str = DEFAULT_LAYOUT):
     """A copy of ``typed_model`` (from :func:`_typed_model`) with exactly ``nodes`` quantized (static QDQ,
-    placement in the module docstring)."""
+    placement in the module docstring; ``layout``: one of :data:`LAYOUTS`)."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
+    _check_layout(layout)
     model = copy.deepcopy(typed_model)
     if not nodes:
         return model
-    q = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QInt8, calibration.ranges, list(nodes), [],
-                     list(WEIGHTED_OPS), dict(STATIC_OPTIONS))
+    cpu = layout == "ort-cpu"
+    if cpu:
+        nodes = [n for n in nodes if n not in _graph_output_convs(model)]
+        if not nodes:  # an empty list would make ORT's quantizer quantize every node
+            return model
+        missing = _conv_outputs(model, set(nodes)) - set(calibration.ranges.data)
+        if missing:
+            raise UserError(f"layout 'ort-cpu' needs the ranges of the Conv outputs ({len(missing)} missing, e.g. "
+                            f"'{min(missing)}'): calibrate(..., conv_outputs=True)")
+    if cpu:
+        # uint8 activations, 7-bit weights: ORT's x86 kernels are u8 x s8 (it rewrites int8 activations to uint8,
+        # which leaves a Conv whose output Q is shared unfused) and, without VNNI, u8 x s8 pairs can saturate
+        # 16-bit intermediates unless the weights use 7 bits (reduce_range)
+        q = QDQQuantizer(model, True, True, QuantType.QInt8, QuantType.QUInt8, calibration.ranges, list(nodes), [],
+                         list(WEIGHTED_OPS), dict(ORT_CPU_OPTIONS))
+    else:
+        q = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QInt8, calibration.ranges, list(nodes), [],
+                         list(WEIGHTED_OPS), dict(STATIC_OPTIONS))
     out = q.quantize_model()
-    _float_for_float_consumers(out, set(nodes))
+    if cpu:
+        convs = {n.output[0] for n in out.graph.node if n.op_type == "Conv" and n.name in set(nodes)}
+        _float_for_float_consumers(out, set(nodes), keep=convs)
+        _one_output_quantizer(out, convs)
+        _unshare_qdq_params(out)
+    else:
+        _float_for_float_consumers(out, set(nodes))
     return out
 
 
-def _float_for_float_consumers(model, quantized: set[str]) -> None:
+def _one_output_quantizer(model, tensors: set[str]) -> None:
+    """DedicatedQDQPair gives a tensor read by several nodes one QuantizeLinear per reader; ORT fuses a Conv
+    into QLinearConv only when its output feeds a single QuantizeLinear. Keep the first Q of each of ``tensors``
+    and let every DQ read it (each DQ keeps its own scale/zero-point initializers, equal values)."""
+    g = model.graph
+    qs: dict[str, list] = {}
+    for n in g.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in tensors:
+            qs.setdefault(n.input[0], []).append(n)
+    for nodes in qs.values():
+        keep, extra = nodes[0], nodes[1:]
+        for q in extra:
+            for n in g.node:
+                for i, x in enumerate(n.input):
+                    if x == q.output[0]:
+                        n.input[i] = keep.output[0]
+            g.node.remove(q)
+
+
+def _unshare_qdq_params(model) -> None:
+    """Give every activation QuantizeLinear/DequantizeLinear its own scale and zero-point initializers, so ORT's
+    common-subexpression elimination cannot merge the dedicated pairs back into one shared DQ."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or n.input[0] in inits:
+            continue
+        for k in (1, 2):
+            if k < len(n.input) and n.input[k] in inits:
+                t = inits[n.input[k]]
+                name = f"{t.name}__{n.name}"
+                g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(t), name))
+                n.input[k] = name
+    used = {i for n in g.node for i in n.input}
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _float_for_float_consumers(model, quantized: set[str], keep: set[str] = frozenset()) -> None:
     """ORT's quantizer hands the DQ output of an activation to every consumer of the tensor; give nodes that
-    are not quantized the float tensor back, then drop Q/DQ pairs nobody reads."""
+    are not quantized the float tensor back (except for the tensors in ``keep``: quantized Conv outputs, whose
+    only reader must be their QuantizeLinear), then drop Q/DQ pairs nobody reads."""
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     to_float = {}
     for n in g.node:
         if n.op_type == "DequantizeLinear":
             q = producer.get(n.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
+            if q is not None and q.op_type == "QuantizeLinear" and q.input[0] not in keep:
                 to_float[n.output[0]] = q.input[0]
     for n in g.node:
         if n.name in quantized or n.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -293,7 +402,7 @@ def _gather_axis(node) -> int:
 def int8(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, mode: str = "static",
          calibrate_method: str = DEFAULT_CALIBRATION, percentile: float = DEFAULT_PERCENTILE,
          exclude: Sequence[str] = (), calibration: Calibration | None = None, embeddings: bool = True,
-         threads: int | None = None, report: Report = None) -> dict:
+         layout: str = DEFAULT_LAYOUT, threads: int | None = None, report: Report = None) -> dict:
     """Write an int8 version of ``onnx_in`` to ``onnx_out``; returns the recipe.
 
     ``mode``: ``static`` (QDQ for TensorRT, calibrated on ``feeds``), ``dynamic`` (ORT's dynamic quantization:
@@ -301,9 +410,13 @@ def int8(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, mode: str =
     per-channel weights feeding a DequantizeLinear, float compute; standard ONNX, the choice for a CLIP text
     encoder). ``exclude``: node or block names left in float. ``calibration``: ranges from :func:`calibrate`
     (static; computed from ``feeds`` when None). ``embeddings``: weight_only also stores Gather embedding
-    tables as int8 (per-row scales). ``feeds`` are also used to measure the output against fp32."""
+    tables as int8 (per-row scales). ``layout`` (static): ``tensorrt`` (the default: the placement TensorRT's
+    explicit quantization wants; ORT's CPU provider runs most of it as float) or ``ort-cpu`` (the placement ORT's
+    CPU provider turns into QLinearConv / MatMulIntegerToFloat; module docstring). ``feeds`` are also used to
+    measure the output against fp32."""
     if mode not in MODES:
         raise UserError(f"int8 mode '{mode}' is unknown; available: {', '.join(MODES)}")
+    _check_layout(layout)
     t0 = time.perf_counter()
     feeds = list(feeds)  # any iterable of feed dicts (a calibration set's generator too)
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -312,17 +425,22 @@ def int8(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, mode: str =
     weighted = weighted_nodes(typed)
     names = [w.name for w in weighted]
     excluded = dict.fromkeys(resolve_exclude(exclude, names), "excluded")
+    if mode == "static" and layout == "ort-cpu":
+        excluded.update({n: "ort-cpu layout: a Conv whose output is a graph output stays float"
+                         for n in _graph_output_convs(typed) if n not in excluded})
     chosen = [w for w in weighted if w.name not in excluded]
     blocks = block_names(names)
     other_matmuls = [n.name for n in typed.graph.node if n.op_type == "MatMul" and n.name not in set(names)]
     recipe: dict = {"method": f"int8-{mode}", "mode": mode}
+    if mode == "static":
+        recipe["layout"] = layout
 
     if mode == "static":
         if calibration is None:
             calibration = calibrate(onnx_in, feeds, method=calibrate_method, percentile=percentile,
-                                    threads=threads, report=report)
-        _say(report, f"inserting Q/DQ on {len(chosen)} of {len(weighted)} weighted nodes")
-        model = quantize_qdq(typed, calibration, [w.name for w in chosen])
+                                    threads=threads, report=report, conv_outputs=layout == "ort-cpu")
+        _say(report, f"inserting Q/DQ ({layout} layout) on {len(chosen)} of {len(weighted)} weighted nodes")
+        model = quantize_qdq(typed, calibration, [w.name for w in chosen], layout)
         files = save(model, onnx_out, external=external)
         recipe.update({
             "tool": "onnxruntime.quantization QDQQuantizer (QuantFormat.QDQ), ranges from onnxruntime.quantization.calibrate",
@@ -334,8 +452,18 @@ def int8(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, mode: str =
                          "MatMul-with-initializer-weight nodes; no Q/DQ on their outputs, on biases, on "
                          "activation x activation MatMuls or on elementwise/normalisation ops (TensorRT "
                          "explicit-quantization placement)",
-            "extra_options": {k: v for k, v in STATIC_OPTIONS.items()},
+            "extra_options": dict(STATIC_OPTIONS),
         })
+        if layout == "ort-cpu":
+            recipe.update({
+                "placement": "Q/DQ on the activation input and DQ on the weight of Conv, ConvTranspose, Gemm and "
+                             "MatMul-with-initializer-weight nodes, plus one Q on the output of each Conv that is "
+                             "not a graph output, int32 biases; one Q/DQ pair with its own scale/zero-point "
+                             "initializers per reader of an activation; no Q/DQ on activation x activation "
+                             "MatMuls or elementwise/normalisation ops (ONNX Runtime CPU placement: QLinearConv, "
+                             "MatMulIntegerToFloat, QGemm)",
+                "extra_options": dict(ORT_CPU_OPTIONS),
+            })
     elif mode == "dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -25,7 +25,8 @@ from ldm_runtime.errors import UserError
 
 from .common import (Feeds, Report, Session, _num, _say, block_names, external_data_files, model_size_bytes,
                      output_metrics, output_psnr, save, weighted_nodes)
-from .int8 import DEFAULT_CALIBRATION, DEFAULT_PERCENTILE, Calibration, _typed_model, calibrate, quantize_qdq
+from .int8 import (DEFAULT_CALIBRATION, DEFAULT_LAYOUT, DEFAULT_PERCENTILE, Calibration, _check_layout, _typed_model,
+                   calibrate, quantize_qdq)
 
 
 def _subset(feeds: Feeds, n: int) -> list:
@@ -38,10 +39,13 @@ def _subset(feeds: Feeds, n: int) -> list:
 def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psnr: float,
           max_fp32_fraction: float = 0.5, sensitivity_feeds: int = 8,
           calibrate_method: str = DEFAULT_CALIBRATION, percentile: float = DEFAULT_PERCENTILE,
-          calibration: Calibration | None = None, threads: int | None = None, report: Report = None) -> dict:
+          calibration: Calibration | None = None, layout: str = DEFAULT_LAYOUT, threads: int | None = None,
+          report: Report = None) -> dict:
     """Write an int8/fp32 mixed-precision version of ``onnx_in`` meeting ``target_psnr`` (dB, over ``feeds``)
     to ``onnx_out``; returns the recipe. ``feeds`` calibrate (unless ``calibration`` is given) and measure;
-    ``sensitivity_feeds`` of them (evenly spaced) measure the per-block sensitivity."""
+    ``sensitivity_feeds`` of them (evenly spaced) measure the per-block sensitivity. ``layout``: the int8
+    Q/DQ placement, as in :func:`.int8.int8` (``tensorrt`` or ``ort-cpu``)."""
+    _check_layout(layout)
     t0 = time.perf_counter()
     feeds = list(feeds)  # any iterable of feed dicts (a calibration set's generator too)
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
@@ -60,7 +64,7 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
     params = {b: sum(w.weight_params for w in ws) for b, ws in blocks.items()}
     if calibration is None:
         calibration = calibrate(onnx_in, feeds, method=calibrate_method, percentile=percentile, threads=threads,
-                                report=report)
+                                report=report, conv_outputs=layout == "ort-cpu")
 
     with Session(typed, threads) as s:
         ref = [s.run(f) for f in feeds]
@@ -68,7 +72,7 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
     sub_feeds, sub_ref = [feeds[i] for i in sub], [ref[i] for i in sub]
 
     def psnr_of(int8_nodes: list[str], which: str) -> float:
-        model = quantize_qdq(typed, calibration, int8_nodes)
+        model = quantize_qdq(typed, calibration, int8_nodes, layout)
         fs, rs = (feeds, ref) if which == "all" else (sub_feeds, sub_ref)
         with Session(model, threads) as s:
             got = [s.run(f) for f in fs]
@@ -121,7 +125,7 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
         k = hi
 
     fp32_blocks, int8_nodes = config(k)
-    model = quantize_qdq(typed, calibration, int8_nodes)
+    model = quantize_qdq(typed, calibration, int8_nodes, layout)
     files = save(model, onnx_out, external=bool(external_data_files(onnx_in)))
     with Session(onnx_out, threads) as s:
         got = [s.run(f) for f in feeds]
@@ -130,6 +134,7 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
     fp32_set = set(fp32_blocks)
     return {
         "method": "int8-mixed",
+        "layout": layout,
         "tool": "onnxruntime.quantization QDQQuantizer (static QDQ, as int8 mode='static') with one calibration",
         "definition": "output PSNR = 10*log10(peak^2 / MSE), peak = max |fp32 output|, MSE over every element of "
                       "every output of every feed",

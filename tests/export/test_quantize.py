@@ -374,3 +374,54 @@ def test_block_names_from_torch_scopes():
         "/m/mid_block/attentions.0/proj_in/Conv": "mid_block/attentions.0",
         "/m/mid_block/attentions.0/transformer_blocks.0/ff/net.2/MatMul": "mid_block/attentions.0",
         "Conv_12": "Conv_12"}
+
+
+def _ort_optimized_ops(path: Path, work: Path) -> dict:
+    """Op types of the graph ONNX Runtime's CPU provider runs (ORT_ENABLE_ALL), from optimized_model_filepath."""
+    import collections
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(work / f"{path.stem}.ort-optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_int8_ort_cpu_layout_runs_integer_kernels(convnet, conv_feeds, work):
+    trt = work / "convnet_int8_trt.onnx"
+    cpu = work / "convnet_int8_cpu.onnx"
+    r_trt = int8(convnet, trt, conv_feeds, threads=T)
+    r_cpu = _json(int8(convnet, cpu, conv_feeds, layout="ort-cpu", threads=T))
+    assert r_trt["layout"] == "tensorrt" and r_cpu["layout"] == "ort-cpu"
+    ops_trt, ops_cpu = _ort_optimized_ops(trt, work), _ort_optimized_ops(cpu, work)
+    # tensorrt layout: every Conv stays float on ORT CPU; ort-cpu: all but conv_out (graph output) are QLinearConv
+    assert ops_trt["QLinearConv"] == 0 and ops_trt["Conv"] == 6
+    assert ops_cpu["QLinearConv"] == 5 and ops_cpu["Conv"] == 1
+    # q/k/v read one DQ in the tensorrt layout (one fused); with a pair per reader all four Linear MatMuls fuse
+    assert ops_cpu["MatMulIntegerToFloat"] == 4 > ops_trt["MatMulIntegerToFloat"]
+    assert [n["node"] for n in r_cpu["float_nodes"]] == ["/conv_out/Conv"]
+    model = onnx.load(str(cpu))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    prod = _producers(model)
+    conv = next(n for n in model.graph.node if n.name == "/blocks.0/conv1/Conv")
+    assert inits[prod[conv.input[2]].input[0]].dtype == np.int32                  # int32 bias
+    readers = [n for n in model.graph.node if conv.output[0] in n.input]
+    assert [n.op_type for n in readers] == ["QuantizeLinear"]                       # one Q on the output
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    params = [i for n in qdq if n.input[0] not in inits for i in n.input[1:]]
+    assert len(params) == len(set(params))                                          # no shared scale/zero point
+    got, ref = run_onnx(cpu, conv_feeds, threads=T), run_onnx(convnet, conv_feeds, threads=T)
+    assert output_metrics(ref, got)["cosine"] > 0.98
+    assert model_size_bytes(cpu) < 0.35 * model_size_bytes(convnet)
+    with pytest.raises(UserError, match="layout"):
+        int8(convnet, work / "x.onnx", conv_feeds, layout="gpu", threads=T)
+
+
+
+def test_mixed_passes_the_layout_through(convnet, conv_feeds, work):
+    out = work / "convnet_mixed_cpu.onnx"
+    recipe = mixed(convnet, out, conv_feeds, target_psnr=20.0, layout="ort-cpu", threads=T)
+    assert recipe["layout"] == "ort-cpu" and recipe["met"]
+    assert _ort_optimized_ops(out, work)["QLinearConv"] > 0
