@@ -36,6 +36,7 @@ class BuildConfig:
     overwrite: bool = False
     calibration: Path | None = None  # calibration set folder (fp16/int8/mixed); None: collect a small one
     target_psnr: float | None = None  # mixed precision: UNet output PSNR target in dB
+    int8_layout: str = "tensorrt"     # int8/mixed: Q/DQ placement, "tensorrt" or "ort-cpu"
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -80,6 +81,8 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
         raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
     if cfg.target_psnr is not None and cfg.precision != "mixed":
         raise UserError("--target-psnr applies to --precision mixed only")
+    if cfg.int8_layout != "tensorrt" and cfg.precision not in ("int8", "mixed"):
+        raise UserError("--int8-layout applies to --precision int8 and mixed only")
     target = get_target(cfg.target)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
@@ -115,7 +118,8 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
                 report(f"quantizing {g.name}: {recipe}")
                 feeds = _component_feeds(calib, g.name)
                 recipes[g.name] = quantize_component(recipe, fp32_dir / files[0], staging / f"{g.name}.onnx", feeds,
-                                                     target_psnr=cfg.target_psnr, report=report)
+                                                     target_psnr=cfg.target_psnr, int8_layout=cfg.int8_layout,
+                                                     report=report)
                 files = [p.name for p in (staging / f"{g.name}.onnx", staging / f"{g.name}.onnx.data") if p.exists()]
             files = target.compile(staging, g.name, files)
             components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
@@ -193,7 +197,7 @@ def _component_feeds(calib, name: str):
 
 def _recipe_summary(rec: dict) -> dict:
     """The manifest's short form of a component's recipe (the full record is in recipe.json)."""
-    keep = ("recipe", "mode", "calibrate_method", "target_psnr_db", "psnr_db", "kept_fp32", "fp32_blocks")
+    keep = ("recipe", "mode", "layout", "calibrate_method", "target_psnr_db", "psnr_db", "kept_fp32", "fp32_blocks")
     out = {}
     for k in keep:
         if k in rec:

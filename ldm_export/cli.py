@@ -84,6 +84,11 @@ def source_options(fn):
 @click.option("--calibration", type=click.Path(), default=None,
               help="Calibration set from `ldm-export calibrate` (fp16/int8/mixed); it must come from this "
                    "MODEL. Default: collect a small one (16 trajectories × 20 steps) during the build.")
+@click.option("--int8-layout", type=click.Choice(["tensorrt", "ort-cpu"]), default="tensorrt", show_default=True,
+              help="--precision int8/mixed: where the Q/DQ nodes go. tensorrt: the placement TensorRT's explicit "
+                   "quantization expects (inputs and weights of Conv/Linear). ort-cpu: the placement ONNX "
+                   "Runtime's CPU provider runs as integer kernels (QLinearConv, MatMulIntegerToFloat): faster on "
+                   "CPUs, not meant for TensorRT.")
 @click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="--precision mixed: the UNet output's PSNR vs fp32 on calibration data, in dB "
                    "[default: 35].")
@@ -101,8 +106,8 @@ def source_options(fn):
 @click.option("--text-encoder", "f_text", metavar="PKG.MODULE:FN", help="Factory of a custom text encoder.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
 @user_errors
-def build(model, config, tokenizer, target, out, precision, calibration, target_psnr, resolutions, golden_prompt,
-          golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
+def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
+          golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -116,7 +121,7 @@ def build(model, config, tokenizer, target, out, precision, calibration, target_
                                                           ("encoder", f_encoder), ("text_encoder", f_text)) if v),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
                       golden=GoldenConfig(prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
-                      calibration=_opt_path(calibration), target_psnr=target_psnr)
+                      calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout)
     stage = [0]
 
     def report(msg: str) -> None:

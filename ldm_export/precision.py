@@ -5,9 +5,10 @@ A recipe is data: per component, one of
 * ``fp32`` — the export as is;
 * ``fp16`` — fp32 inputs/outputs, fp16 inside, with the overflow scan on calibration data
   keeping in fp32 the ops that would leave fp16's range (:func:`ldm_export.quantize.fp16`);
-* ``int8-static`` — QDQ graph, symmetric per-channel int8 weights, symmetric activation scales
-  from calibration data, Q/DQ where TensorRT's explicit quantization expects them
-  (:func:`ldm_export.quantize.int8`);
+* ``int8-static`` — QDQ graph, per-channel int8 weights, activation scales from calibration
+  data, Q/DQ where TensorRT's explicit quantization expects them (``--int8-layout tensorrt``, the
+  default) or where ONNX Runtime's CPU provider turns them into integer kernels
+  (``--int8-layout ort-cpu``) (:func:`ldm_export.quantize.int8`);
 * ``int8-weight-only`` — int8 weights (embedding tables included) dequantized into float compute:
   for text encoders, which run once per image, so their cost is size rather than time; standard
   ONNX (DequantizeLinear) that TensorRT and Core ML take, unlike ONNX Runtime's dynamic-quantization
@@ -49,7 +50,8 @@ def needs_calibration(precision: str, components: list[str]) -> bool:
 
 
 def quantize_component(recipe: str, fp32_onnx: Path, out_onnx: Path, feeds: list[dict[str, np.ndarray]] | None,
-                       *, target_psnr: float | None = None, report: Callable[[str], None] | None = None) -> dict:
+                       *, target_psnr: float | None = None, int8_layout: str = "tensorrt",
+                       report: Callable[[str], None] | None = None) -> dict:
     """Write ``out_onnx`` from ``fp32_onnx`` with ``recipe``; returns the recipe record for the bundle."""
     from . import quantize
 
@@ -64,12 +66,12 @@ def quantize_component(recipe: str, fp32_onnx: Path, out_onnx: Path, feeds: list
     if recipe == "fp16":
         rec = quantize.fp16(fp32_onnx, out_onnx, feeds, report=report)
     elif recipe == "int8-static":
-        rec = quantize.int8(fp32_onnx, out_onnx, feeds, mode="static", report=report)
+        rec = quantize.int8(fp32_onnx, out_onnx, feeds, mode="static", layout=int8_layout, report=report)
     elif recipe == "int8-weight-only":
         rec = quantize.int8(fp32_onnx, out_onnx, feeds or [], mode="weight_only", report=report)
     elif recipe == "mixed":
         rec = quantize.mixed(fp32_onnx, out_onnx, feeds, target_psnr=target_psnr or DEFAULT_TARGET_PSNR,
-                             report=report)
+                             layout=int8_layout, report=report)
     else:  # pragma: no cover - RECIPES holds only the names above
         raise ValueError(recipe)
     return {"recipe": recipe, **rec}

@@ -146,3 +146,22 @@ def test_bad_calibration_folder_is_one_line_and_nothing_written(tiny_sd, calib, 
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("error:") and ("does not exist" in last if damage == "missing" else "unet-" in last)
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_int8_ort_cpu_layout_builds_and_verifies(tiny_sd, calib, tmp_path):
+    out = tmp_path / "cpu"
+    res = CliRunner().invoke(export_cli, ["build", str(tiny_sd), "--out", str(out), "--precision", "int8",
+                                          "--int8-layout", "ort-cpu", "--calibration", str(calib),
+                                          "--golden-steps", "4"])
+    assert res.exit_code == 0, res.output
+    b = open_bundle(out)
+    assert b.manifest["quantization"]["components"]["unet"]["layout"] == "ort-cpu"
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["unet"]["layout"] == "ort-cpu" and recipe["unet"]["quantized_nodes"]
+    report = verify_bundle(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])))
+    assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_int8_layout_needs_an_int8_precision(tiny_sd, tmp_path):
+    with pytest.raises(UserError, match="--int8-layout applies"):
+        build(BuildConfig(model=tiny_sd, out=tmp_path / "b", precision="fp16", int8_layout="ort-cpu"))
