@@ -22,6 +22,10 @@ from .targets import get_target
 from .tokenizer_export import export_tokenizer
 
 
+# the calibration set a quantized build collects when none is given (ldm-export calibrate makes bigger ones)
+AUTO_CALIBRATION = {"samples": 16, "steps": 20, "per_trajectory": 4, "seed": 0}
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     model: Path
@@ -183,12 +187,8 @@ def _calibration_set(cfg: BuildConfig, model: LoadedModel, scratch: Path, report
         report(f"reading calibration set {cfg.calibration}")
         return CalibrationSet.open(cfg.calibration, model_sha256=model.source_sha256)
     report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
-    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report, **_auto_calibration(cfg))
+    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report, **AUTO_CALIBRATION)
     return CalibrationSet.open(scratch, model_sha256=model.source_sha256)
-
-
-def _auto_calibration(cfg: BuildConfig) -> dict:
-    return {"samples": 16, "steps": 20, "per_trajectory": 4, "seed": 0}
 
 
 def _component_feeds(calib, name: str):
