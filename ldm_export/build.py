@@ -100,9 +100,10 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     checks: list[dict] = []
     recipes: dict[str, dict] = {}
     with staging_folder(cfg.out, cfg.overwrite) as staging:
-        calib = None
+        calib = calib_summary = None
         if needs_calibration(cfg.precision, [g.name for g in graphs]):
             calib = _calibration_set(cfg, model, staging / ".calibration", report)
+            calib_summary = calib.summary()  # before a set collected into the staging folder is dropped
         tokenizer = None
         if model.conditioning["kind"] == "text":
             report("exporting the tokenizer")
@@ -163,7 +164,7 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
             body["quantization"] = {
                 "recipe": cfg.precision, "file": "recipe.json",
                 "components": {n: _recipe_summary(r) for n, r in recipes.items()},
-                "calibration": calib.summary() if calib is not None else None,
+                "calibration": calib_summary,
                 "vs_fp32": vs_fp32,
             }
             golden["expected"] = "bundle"

@@ -165,3 +165,14 @@ def test_int8_ort_cpu_layout_builds_and_verifies(tiny_sd, calib, tmp_path):
 def test_int8_layout_needs_an_int8_precision(tiny_sd, tmp_path):
     with pytest.raises(UserError, match="--int8-layout applies"):
         build(BuildConfig(model=tiny_sd, out=tmp_path / "b", precision="fp16", int8_layout="ort-cpu"))
+
+
+def test_without_calibration_the_build_collects_a_small_set(tiny_sd, tmp_path):
+    from ldm_export.build import AUTO_CALIBRATION
+
+    out = tmp_path / "auto"
+    m = build(BuildConfig(model=tiny_sd, out=out, precision="fp16", golden=GOLDEN))
+    cal = m["quantization"]["calibration"]
+    assert cal["samples"] == AUTO_CALIBRATION["samples"] and cal["model_sha256"] == m["source"]["sha256"]
+    assert cal["records"]["unet"] == AUTO_CALIBRATION["samples"] * AUTO_CALIBRATION["per_trajectory"]
+    assert not [p for p in out.rglob(".*")] and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
