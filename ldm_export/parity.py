@@ -66,8 +66,7 @@ def _component_rows(pipeline: Pipeline, graphs, inputs, precision: str) -> list[
     target = quality_target(precision)
     for g in graphs:
         tol = COMPONENT_TOLERANCES[precision][g.name]
-        with pipeline.components.use(g.name) as runner:
-            got = pipeline.run_batch(runner, inputs[g.name], where="parity inputs")
+        got = pipeline.run_component(g.name, inputs[g.name], where="parity inputs")
         for name, ref in torch_outputs(g, inputs[g.name]).items():
             m = {**compare(got[name], ref), "psnr_db": tensor_psnr(got[name], ref)}
             label = g.name if len(g.outputs) == 1 else f"{g.name}.{name}"

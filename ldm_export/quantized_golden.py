@@ -19,7 +19,7 @@ import numpy as np
 from ldm_runtime.bundle import Bundle
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
-from ldm_runtime.verify import golden_request
+from ldm_runtime.verify import golden_request, golden_tensors
 
 TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image")
 
@@ -31,9 +31,7 @@ def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], gra
     vs_fp32: dict = {"components": {}}
     try:
         for g in graphs:
-            feeds = {k.split("/")[-1]: v for k, v in arrays.items() if k.startswith(f"{g.name}/in/")}
-            with pipeline.components.use(g.name) as runner:
-                got = pipeline.run_batch(runner, feeds, where="golden inputs")
+            got = pipeline.run_component(g.name, golden_tensors(arrays, g.name, "in"), where="golden inputs")
             for out in g.outputs:
                 ref = arrays.pop(f"{g.name}/out/{out}")
                 arrays[f"{g.name}/ref/{out}"] = ref

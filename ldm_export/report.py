@@ -26,7 +26,7 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
 from ldm_runtime.tolerances import quality_target
-from ldm_runtime.verify import golden_request, load_golden
+from ldm_runtime.verify import golden_request, golden_tensors, load_golden
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
     golden = load_golden(bundle)
     row = BundleRow(name=str(path), precision=m["precision"], size_bytes=bundle_size(bundle))
     for name, comp in m["components"].items():
-        feeds = {k.split("/")[-1]: v for k, v in golden.items() if k.startswith(f"{name}/in/")}
+        feeds = golden_tensors(golden, name, "in")
         if not feeds:
             continue
         with pipeline.components.use(name) as runner:

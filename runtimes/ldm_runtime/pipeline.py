@@ -195,6 +195,11 @@ class Pipeline:
             return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
         return self.components.run(runner, feeds, where)
 
+    def run_component(self, name: str, feeds: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
+        """One batch through component ``name``, loading it for the call (see :meth:`Components.use`)."""
+        with self.components.use(name) as runner:
+            return self.run_batch(runner, feeds, where)
+
     def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool) -> np.ndarray:
         """Text embeddings, unconditional half first when guidance is on (as diffusers)."""
         if self.tokenizer is None:
@@ -203,8 +208,7 @@ class Pipeline:
             raise UserError("this model's reference pipeline has no negative prompt; leave --negative-prompt out")
         texts = [negative_prompt, prompt] if cfg else [prompt]
         ids = self.tokenizer.encode(texts)
-        with self.components.use("text_encoder") as te:
-            return self.run_batch(te, {"input_ids": ids}, where="encoding the prompt")["text_embeddings"]
+        return self.run_component("text_encoder", {"input_ids": ids}, "encoding the prompt")["text_embeddings"]
 
     def class_labels(self, label: int | None, cfg: bool) -> np.ndarray:
         n, null = self.conditioning["num_classes"], self.conditioning.get("null_class")
@@ -227,9 +231,8 @@ class Pipeline:
         if kind == "class":
             labels = self.class_labels(cfg.class_label, use_cfg)
             if self.conditioning.get("via") == "context":
-                with self.components.use("class_embedder") as emb:
-                    context = self.run_batch(emb, {"class_labels": labels}, "embedding the class")["context"]
-                return {"encoder_hidden_states": context}
+                context = self.run_component("class_embedder", {"class_labels": labels}, "embedding the class")
+                return {"encoder_hidden_states": context["context"]}
             return {"class_labels": labels}
         if cfg.class_label is not None:
             raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no class label")

@@ -53,6 +53,12 @@ def _tables(precision: str):
         raise BundleError(f"no tolerances for precision '{precision}' in this ldm-runtime; upgrade it") from None
 
 
+def golden_tensors(golden: dict[str, np.ndarray], component: str, kind: str) -> dict[str, np.ndarray]:
+    """``golden.npz``'s ``<component>/<kind>/<name>`` arrays by name (kind: ``in``, ``out`` or ``ref``)."""
+    prefix = f"{component}/{kind}/"
+    return {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
+
+
 def golden_request(manifest: dict, golden: dict[str, np.ndarray]) -> GenerateConfig:
     """The generation request of the bundle's golden trajectory (manifest ``golden`` + its input images)."""
     g = manifest["golden"]
@@ -80,13 +86,11 @@ def verify_bundle(pipeline: Pipeline) -> VerifyReport:
                                               else float(ref.size)}, "identical", same))
 
     for name in m["components"]:
-        inputs = {k.split("/")[-1]: v for k, v in golden.items() if k.startswith(f"{name}/in/")}
-        outputs = {k.split("/")[-1]: v for k, v in golden.items() if k.startswith(f"{name}/out/")}
+        inputs, outputs = golden_tensors(golden, name, "in"), golden_tensors(golden, name, "out")
         if not inputs:
             continue
         tol = comp_tol[name]
-        with pipeline.components.use(name) as runner:
-            got = pipeline.run_batch(runner, inputs, where="golden inputs")
+        got = pipeline.run_component(name, inputs, where="golden inputs")
         for out_name, expected in outputs.items():
             metrics = compare(got[out_name], expected)
             ok = metrics["rel_l2"] <= tol.rel_l2 and metrics["cosine"] >= tol.min_cosine
