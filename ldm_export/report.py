@@ -104,38 +104,35 @@ def adherence_images(pipeline: Pipeline, prompts: list[str], seeds: int, steps: 
 def run_report(cfg: ReportConfig, progress_factory=None) -> list[BundleRow]:
     if not cfg.bundles:
         raise UserError("give at least one bundle")
-    rows, pipelines = [], []
-    for path in cfg.bundles:
-        row, pipe = measure_bundle(Path(path), cfg)
-        rows.append(row)
-        pipelines.append(pipe)
+    paths = [Path(p) for p in cfg.bundles]
+    base = None  # index of the fp32 bundle the adherence images are compared with
+    if cfg.adherence_prompts and cfg.baseline is not None:
+        if Path(cfg.baseline) not in paths:
+            paths.insert(0, Path(cfg.baseline))  # measured and checked like the others
+        base = paths.index(Path(cfg.baseline))
+    measured = [measure_bundle(p, cfg) for p in paths]
+    rows, pipelines = [r for r, _ in measured], [p for _, p in measured]
     sources = {p.bundle.manifest["source"]["sha256"] for p in pipelines}
     if len(sources) > 1:
         raise UserError("the bundles come from different models (source sha256 differ); compare recipes of one model")
     if cfg.adherence_prompts:
         from .demo import adherence, shapes
 
-        baseline = cfg.baseline
-        if baseline is None:
-            baseline = next((Path(r.name) for r in rows if r.precision == "fp32"), None)
-        if baseline is None:
+        if base is None:
+            base = next((i for i, r in enumerate(rows) if r.precision == "fp32"), None)
+        if base is None:
             raise UserError("adherence images are compared with an fp32 bundle: include one or pass --baseline")
-        if Path(baseline) not in [Path(r.name) for r in rows]:
-            b_row, b_pipe = measure_bundle(Path(baseline), cfg)
-            rows.insert(0, b_row)
-            pipelines.insert(0, b_pipe)
         prompts = shapes.eval_prompts(cfg.adherence_prompts)
         reps = [p for p in prompts for _ in range(cfg.seeds)]
-        images: dict[str, list[np.ndarray]] = {}
+        images: list[list[np.ndarray]] = []
         for row, pipe in zip(rows, pipelines):
             bar = progress_factory(len(reps), row.name) if progress_factory else None
-            images[row.name] = adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar)
+            images.append(adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar))
             if bar is not None:
                 bar.close()
-            row.adherence = adherence.score(reps, images[row.name])
-        base = images[str(Path(baseline))] if str(Path(baseline)) in images else images[rows[0].name]
-        for row in rows:
-            values = np.array([psnr(a, b, 255.0) for a, b in zip(images[row.name], base)])
+            row.adherence = adherence.score(reps, images[-1])
+        for row, own in zip(rows, images):
+            values = np.array([psnr(a, b, 255.0) for a, b in zip(own, images[base])])
             finite = values[np.isfinite(values)]
             floor = quality_target(row.precision).image_psnr_db
             row.vs_baseline_psnr_db = {
