@@ -55,11 +55,11 @@ def quantize_component(recipe: str, fp32_onnx: Path, out_onnx: Path, feeds: list
     """Write ``out_onnx`` from ``fp32_onnx`` with ``recipe``; returns the recipe record for the bundle."""
     from . import quantize
 
-    if recipe == "fp32":
-        shutil.copyfile(fp32_onnx, out_onnx)
+    if recipe == "fp32":  # the export itself (the build drops its fp32 folder afterwards): move, don't copy
+        shutil.move(fp32_onnx, out_onnx)
         data = fp32_onnx.with_name(fp32_onnx.name + ".data")
         if data.exists():
-            shutil.copyfile(data, out_onnx.with_name(out_onnx.name + ".data"))
+            shutil.move(data, out_onnx.with_name(out_onnx.name + ".data"))
         return {"recipe": "fp32"}
     if recipe in NEEDS_CALIBRATION and not feeds:
         raise UserError(f"recipe {recipe} needs calibration data for this component and the calibration set has none")
