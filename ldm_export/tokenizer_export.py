@@ -85,30 +85,36 @@ def _check_folder(tokenizer_dir: Path) -> None:
         raise UserError(
             f"no usable tokenizer in {tokenizer_dir}: expected vocab.json + merges.txt or tokenizer.json"
         )
+    _check_declared_kind(tokenizer_dir, has_json, "CLIPTokenizer", "BPE", "CLIP")
+
+
+def _check_declared_kind(tokenizer_dir: Path, has_json: bool, class_prefix: str, model_type: str, label: str) -> None:
+    """Refuse a folder whose tokenizer_config.json names another tokenizer class, or whose tokenizer.json
+    holds another model type, than the ``label`` tokenizer expected."""
     config = tokenizer_dir / "tokenizer_config.json"
     if config.is_file():
         cls_name = _read_json(config).get("tokenizer_class")
-        if isinstance(cls_name, str) and not cls_name.startswith("CLIPTokenizer"):
-            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a CLIP tokenizer")
+        if isinstance(cls_name, str) and not cls_name.startswith(class_prefix):
+            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a {label} tokenizer")
     if has_json:
         model = _read_json(tokenizer_dir / TOKENIZER_FILE).get("model")
-        model_type = model.get("type") if isinstance(model, dict) else None
-        if model_type not in (None, "BPE"):
+        found = model.get("type") if isinstance(model, dict) else None
+        if found not in (None, model_type):
             raise UserError(
-                f"the tokenizer.json in {tokenizer_dir} holds a {model_type} model, not a CLIP (BPE) tokenizer"
+                f"the tokenizer.json in {tokenizer_dir} holds a {found} model, not a {label} ({model_type}) tokenizer"
             )
 
 
-def _load_clip_tokenizer(tokenizer_dir: Path):
+def _load_tokenizer(cls_name: str, tokenizer_dir: Path, label: str):
+    """``transformers.<cls_name>.from_pretrained``, with a failure on the user's files as one line."""
     import transformers
-    from transformers import CLIPTokenizer
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
     try:
-        return CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+        return getattr(transformers, cls_name).from_pretrained(str(tokenizer_dir))
     except Exception as exc:  # corrupt vocab/merges/config: the user's files, not our bug
-        raise UserError(f"cannot load the CLIP tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
+        raise UserError(f"cannot load the {label} tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
 
@@ -118,37 +124,12 @@ def _check_bert_folder(tokenizer_dir: Path) -> None:
         raise UserError(f"no tokenizer folder at {tokenizer_dir}")
     has_json = (tokenizer_dir / TOKENIZER_FILE).is_file()
     has_vocab = (tokenizer_dir / "vocab.txt").is_file()
-    config = tokenizer_dir / "tokenizer_config.json"
-    if config.is_file():
-        cls_name = _read_json(config).get("tokenizer_class")
-        if isinstance(cls_name, str) and not cls_name.startswith("BertTokenizer"):
-            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a BERT tokenizer")
-    if has_json:
-        model = _read_json(tokenizer_dir / TOKENIZER_FILE).get("model")
-        model_type = model.get("type") if isinstance(model, dict) else None
-        if model_type not in (None, "WordPiece"):
-            raise UserError(
-                f"the tokenizer.json in {tokenizer_dir} holds a {model_type} model, not a BERT (WordPiece) tokenizer"
-            )
+    _check_declared_kind(tokenizer_dir, has_json, "BertTokenizer", "WordPiece", "BERT")
     if not (has_json or has_vocab):
         if (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file():
             raise UserError(f"the tokenizer in {tokenizer_dir} has vocab.json + merges.txt (BPE, as CLIP), "
                             "not a BERT tokenizer's vocab.txt")
         raise UserError(f"no usable tokenizer in {tokenizer_dir}: expected vocab.txt or tokenizer.json")
-
-
-def _load_bert_tokenizer(tokenizer_dir: Path):
-    import transformers
-    from transformers import BertTokenizer
-
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
-    try:
-        return BertTokenizer.from_pretrained(str(tokenizer_dir))
-    except Exception as exc:  # corrupt vocab/config: the user's files, not our bug
-        raise UserError(f"cannot load the BERT tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 def _usable_length(value) -> bool:
@@ -185,7 +166,7 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path, kind: str = "clip", max
     if kind == "bert":
         return _export_bert(tokenizer_dir, out_dir, max_length)
     _check_folder(tokenizer_dir)
-    tok = _load_clip_tokenizer(tokenizer_dir)
+    tok = _load_tokenizer("CLIPTokenizer", tokenizer_dir, "CLIP")
 
     backend_json = json.loads(tok.backend_tokenizer.to_str())
     model = backend_json.get("model") or {}
@@ -223,7 +204,7 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path, kind: str = "clip", max
 
 def _export_bert(tokenizer_dir: Path, out_dir: Path, max_length: int | None) -> dict:
     _check_bert_folder(tokenizer_dir)
-    tok = _load_bert_tokenizer(tokenizer_dir)
+    tok = _load_tokenizer("BertTokenizer", tokenizer_dir, "BERT")
 
     backend_json = json.loads(tok.backend_tokenizer.to_str())
     model = backend_json.get("model") or {}
