@@ -16,6 +16,7 @@ import click
 from ldm_runtime.cli import user_errors
 
 from .build import PRECISIONS, BuildConfig, parse_resolution
+from .demo import GUIDANCE as DEMO_GUIDANCE
 from .golden import GoldenConfig
 from .targets import TARGETS
 
@@ -175,7 +176,8 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
                    "score prompt adherence (demo model bundles only; 0: skip).")
 @click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), help="Seeds per adherence prompt.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=3.0, show_default=True, type=float)
+@click.option("--guidance", default=DEMO_GUIDANCE, show_default=True, type=float,
+              help="Guidance scale of the adherence images (default: the demo model's).")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1),
               help="Timed runs per component (median reported, after one warm-up).")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider (default: the best installed).")
@@ -215,8 +217,9 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
               help="Trajectories to run: one prompt and one seed each.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seeds the prompt order, the steps picked, and the noise (trajectory k uses SEED+k).")
-@click.option("--guidance", default=7.5, show_default=True, type=float,
-              help="Classifier-free guidance scale; above 1 the UNet sees both halves (unconditional, conditional).")
+@click.option("--guidance", default=None, type=float,
+              help="Classifier-free guidance scale; above 1 the UNet sees both halves (unconditional, conditional). "
+                   "Default: the embedded demo model's scale for it, 7.5 otherwise.")
 @click.option("--per-trajectory", default=4, show_default=True, type=click.IntRange(1),
               help="UNet inputs kept per trajectory: its steps are split into this many equal bins and one step "
                    "is drawn from each, so every timestep range is represented.")

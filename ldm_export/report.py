@@ -28,6 +28,8 @@ from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
 from ldm_runtime.tolerances import quality_target
 from ldm_runtime.verify import golden_request, golden_tensors, load_golden
 
+from .demo import GUIDANCE as DEMO_GUIDANCE
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -37,7 +39,7 @@ class ReportConfig:
     adherence_prompts: int = 0        # 0: no adherence/image comparison
     seeds: int = 2
     steps: int = 50
-    guidance_scale: float = 3.0
+    guidance_scale: float = DEMO_GUIDANCE
     providers: tuple[str, ...] | None = None
 
 

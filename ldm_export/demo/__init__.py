@@ -10,3 +10,8 @@
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).parent / "model"
+
+# Classifier-free guidance scale the demo model is evaluated and shown at, chosen on validation prompts
+# (``python -m ldm_export.demo.evaluate --prompt-seed 4321 --first-seed 100 --guidance ...``), not on
+# the evaluation prompts; see docs/demo_model.md.
+GUIDANCE = 1.5

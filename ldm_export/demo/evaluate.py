@@ -1,7 +1,8 @@
 """Score the demo model's prompt adherence with the analytic checker.
 
     python -m ldm_export.demo.evaluate [--model ldm_export/demo/model] [--prompts 100] [--seeds 2]
-                                       [--steps 50] [--guidance 4.0 ...] [--json out.json]
+                                       [--steps 50] [--guidance 1.5 ...] [--json out.json]
+                                       [--prompt-seed 1234] [--first-seed 0] [--autoencoder 400]
 
 Images come from diffusers' ``StableDiffusionPipeline`` (DDIM, ``--steps``
 steps); image ``(prompt, seed)`` uses ``torch.Generator().manual_seed(seed)``.
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import adherence, shapes
+from . import GUIDANCE, adherence, shapes
 
 DEFAULT_MODEL = Path(__file__).parent / "model"
 
@@ -47,7 +48,7 @@ def load_pipeline(model: Path | str = DEFAULT_MODEL, threads: int | None = None)
     return pipe
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = 3.0,
+def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int = 50, guidance: float = GUIDANCE,
              batch: int = 100) -> list[np.ndarray]:
     """Images (float [0, 1], H x W x 3) for every (prompt, seed), prompt-major order."""
     import torch
@@ -60,6 +61,23 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int = 50, gui
                    generator=[torch.Generator().manual_seed(s) for _, s in chunk], output_type="np")
         out.extend(list(res.images))
     return out
+
+
+def autoencoder_images(pipe, n: int = 400, seed: int = 777):
+    """Captions, ``n`` held-out ground-truth images and their autoencoder reconstructions (posterior mean),
+    both float [0, 1]: the checker's score on the reconstructions is the ceiling that any latent the
+    UNet makes can reach."""
+    import torch
+
+    from .train import _to_tensor
+
+    imgs, caps, _ = shapes.make_dataset(n, seed=seed)
+    recs: list[np.ndarray] = []
+    with torch.no_grad():
+        for i in range(0, n, 100):
+            rec = pipe.vae.decode(pipe.vae.encode(_to_tensor(imgs[i:i + 100])).latent_dist.mean).sample
+            recs.extend(list(((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()))
+    return caps, list(imgs.astype(np.float64) / 255), recs
 
 
 def table(prompts: list[str], images: list[np.ndarray], seeds: int) -> dict[str, dict[str, float]]:
@@ -82,7 +100,7 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def sample_grid(pipe, path: Path, *, guidance: float = 3.0, steps: int = 50, prompts: list[str] | None = None,
+def sample_grid(pipe, path: Path, *, guidance: float = GUIDANCE, steps: int = 50, prompts: list[str] | None = None,
                 seeds: list[int] | None = None, scale: int = 3) -> None:
     """A PNG grid: one row per prompt (caption on the left), one column per seed."""
     from PIL import Image, ImageDraw, ImageFont
@@ -117,25 +135,38 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--prompt-seed", type=int, default=1234,
+                    help="seed of the prompt draw (1234: the evaluation prompts; another: validation prompts)")
+    ap.add_argument("--first-seed", type=int, default=0, help="image seeds are first-seed, first-seed + 1, ...")
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--guidance", type=float, nargs="+", default=[3.0])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[GUIDANCE])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the tables here")
     ap.add_argument("--grid", type=Path, default=None, help="also write a sample grid (first guidance scale)")
+    ap.add_argument("--autoencoder", type=int, default=0, metavar="N",
+                    help="also score N held-out ground-truth images and their autoencoder reconstructions")
     args = ap.parse_args(argv)
 
     pipe = load_pipeline(args.model, args.threads)
-    prompts = shapes.eval_prompts(args.prompts)
-    seeds = list(range(args.seeds))
+    prompts = shapes.eval_prompts(args.prompts, seed=args.prompt_seed)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results = {}
     for g in args.guidance:
         t = time.time()
         imgs = generate(pipe, prompts, seeds, steps=args.steps, guidance=g)
         rows = table(prompts, imgs, args.seeds)
         results[str(g)] = rows
-        print(f"\nguidance {g:g}, DDIM {args.steps} steps, {args.prompts} prompts x {args.seeds} seeds "
+        print(f"\nguidance {g:g}, DDIM {args.steps} steps, {args.prompts} prompts (seed {args.prompt_seed}) x "
+              f"seeds {seeds[0]}..{seeds[-1]} "
               f"({time.time() - t:.0f} s)")
         print(format_table(rows))
+    if args.autoencoder:
+        caps, truth, recs = autoencoder_images(pipe, args.autoencoder)
+        for name, imgs in (("ground truth", truth), ("autoencoder reconstruction", recs)):
+            rows = table(caps, imgs, 1)
+            results[name] = rows
+            print(f"\n{name}, {args.autoencoder} held-out images")
+            print(format_table(rows))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.grid:

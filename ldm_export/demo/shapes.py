@@ -45,9 +45,9 @@ POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in t
 RELATIONS = ("above", "below", "to the left of", "to the right of")
 
 # Shape extents (side / diameter) in pixels of a 32 x 32 image, by size word.
-SIZE_RANGE_SINGLE = {"small": (7, 9), "large": (12, 15)}
-SIZE_RANGE_PAIR = {"small": (7, 9), "large": (12, 13)}
-SIZE_THRESHOLD = 10.5  # extents below are "small", above "large" (the checker uses the same split)
+SIZE_RANGE_SINGLE = {"small": (9.5, 11), "large": (13.5, 16)}
+SIZE_RANGE_PAIR = {"small": (9.5, 11), "large": (13, 14)}
+SIZE_THRESHOLD = 12.25  # extents below are "small", above "large" (the checker uses the same split)
 
 P_PAIR = 0.5  # fraction of two-object scenes
 P_SIZE_WORD = 0.5  # probability that a size word is in the caption

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..demo import GUIDANCE as DEMO_GUIDANCE
+
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "demo" / "model"
 
 CALIBRATION_PROMPTS = [
@@ -32,7 +34,7 @@ EVALUATION_PROMPTS = [
 ]
 
 
-def collect_feeds(model_dir: Path, prompts: list[str], *, steps: int = 20, guidance: float = 3.0,
+def collect_feeds(model_dir: Path, prompts: list[str], *, steps: int = 20, guidance: float = DEMO_GUIDANCE,
                   seed: int = 0) -> dict[str, list[dict[str, np.ndarray]]]:
     """Real inputs of every component while the diffusers pipeline generates one image per prompt."""
     import torch
@@ -166,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--guidance", type=float, default=DEMO_GUIDANCE)
     ap.add_argument("--calibration-stride", type=int, default=2, help="use every n-th recorded UNet call")
     ap.add_argument("--mixed-target", type=float, default=40.0)
     ap.add_argument("--json", type=Path)

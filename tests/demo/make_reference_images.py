@@ -12,11 +12,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from ldm_export.demo import GUIDANCE
 from ldm_export.loading import load_model
 from ldm_export.reference import Request, reference_generate
 
 CASES = (("a red circle", 0), ("a blue triangle on the right", 1), ("a red circle above a blue square", 2))
-STEPS, GUIDANCE = 20, 3.0
+STEPS = 20
 OUT = Path(__file__).parent / "reference"
 
 

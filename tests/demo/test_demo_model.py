@@ -56,6 +56,20 @@ def test_loads_in_fp32_and_generates():
     assert imgs[0].shape == (32, 32, 3) and np.isfinite(imgs[0]).all()
 
 
+def test_shipped_autoencoder_reconstructs_held_out_images_and_their_shapes():
+    """Issue 3, criterion 2 (PSNR >= 30 dB on held-out generated images), and the shapes survive the
+    round trip through the latent space (the ceiling of the model's prompt adherence)."""
+    pytest.importorskip("torch")
+    from ldm_export.demo import adherence
+    from ldm_export.demo.evaluate import autoencoder_images, load_pipeline
+
+    caps, truth, recs = autoencoder_images(load_pipeline(MODEL), 100)
+    mse = np.mean([(t - r) ** 2 for t, r in zip(truth, recs)])
+    assert 10 * np.log10(1 / mse) >= 30.0
+    assert adherence.score(caps, truth)["colour_shape"] == 1.0
+    assert adherence.score(caps, recs)["colour_shape"] >= 0.95
+
+
 @pytest.fixture(scope="module")
 def demo_bundle(tmp_path_factory):
     """`ldm-export build` with no model argument: the embedded demo model."""

@@ -36,3 +36,22 @@ def test_training_runs_every_stage_and_is_reproducible(tmp_path):
 
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "a" / "model", safety_checker=None)
     assert pipe.vae.config.scaling_factor > 0 and pipe.tokenizer.model_max_length == train.MAX_LENGTH
+
+
+def test_edge_weights_mark_shape_edges_only():
+    import numpy as np
+    import torch
+
+    from ldm_export.demo import shapes
+
+    img, _, meta = shapes.sample(np.random.default_rng(3))
+    x = train._to_tensor(img[None])
+    w = train.edge_weights(x, 5.0)
+    assert w.shape == (1, 1, 32, 32) and set(torch.unique(w).tolist()) == {1.0, 6.0}
+    o = meta["objects"][0]
+    cy, cx = int(o["cy"]), int(o["cx"])
+    assert w[0, 0, cy, cx] == 1.0  # the flat inside of a shape
+    assert (w[0, 0, cy, cx:] == 6.0).any() and (w[0, 0, cy, :cx] == 6.0).any()  # its left and right edges
+    assert (w == 6.0).float().mean() < 0.5
+    flat = train._to_tensor(np.full((1, 32, 32, 3), 128, np.uint8))
+    assert torch.equal(train.edge_weights(flat, 5.0), torch.ones(1, 1, 32, 32))
