@@ -10,6 +10,7 @@ from .prompt_sets import (
            AUTO,
            BUILTIN,
            PromptSet,
+           default_guidance,
            load_prompts,
            resolve_spec,
            shapes_prompts,
@@ -17,4 +18,4 @@ from .prompt_sets import (
 from .reader import CalibrationSet
 
 __all__ = ["AUTO", "BUILTIN", "FORMAT", "FORMAT_VERSION", "MANIFEST", "CalibrationSet", "PromptSet", "collect",
-           "load_prompts", "resolve_spec", "shapes_prompts", "stratified_steps", "summary_line"]
+           "default_guidance", "load_prompts", "resolve_spec", "shapes_prompts", "stratified_steps", "summary_line"]

@@ -26,7 +26,7 @@ from ldm_runtime.errors import UserError
 from .. import __version__
 from ..bundle import staging_folder
 from .format import FORMAT, FORMAT_VERSION, MANIFEST, record_key
-from .prompt_sets import AUTO, PromptSet, load_prompts, resolve_spec
+from .prompt_sets import AUTO, PromptSet, default_guidance, load_prompts, resolve_spec
 
 SHARD_BYTES = 256 * 2**20   # a shard is closed before it would grow past this (one record at least)
 HISTOGRAM_BINS = 10         # the manifest's timestep histogram: tenths of the training timesteps
@@ -116,14 +116,15 @@ def _coverage(timesteps: list[int], train_steps: int) -> dict:
 
 
 def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20, samples: int = 64,
-            seed: int = 0, guidance_scale: float = 7.5, per_trajectory: int = 4, width: int | None = None,
+            seed: int = 0, guidance_scale: float | None = None, per_trajectory: int = 4, width: int | None = None,
             height: int | None = None, config: Path | None = None, tokenizer: Path | None = None,
             factories: dict[str, str] | None = None, overwrite: bool = False,
             report: Callable[[str], None] | None = None) -> dict:
     """Write a calibration set of ``model_path`` to ``out``; returns its manifest.
 
     ``prompts``: ``general``, ``shapes``, a prompt file, or ``auto`` (``shapes`` for the embedded demo model,
-    ``general`` otherwise); text models only. ``report`` receives a line per stage and turns on a progress
+    ``general`` otherwise); text models only. ``guidance_scale`` None: the embedded demo model's scale for
+    it, 7.5 otherwise. ``report`` receives a line per stage and turns on a progress
     bar over the samples (stderr); None keeps quiet.
     """
     from ..build import check_resolutions
@@ -133,6 +134,8 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     say = report or (lambda msg: None)
     _check_counts(samples, steps, per_trajectory)
     prompt_set = load_prompts(resolve_spec(prompts, model_path))
+    if guidance_scale is None:
+        guidance_scale = default_guidance(model_path)
     if Path(out).exists() and not overwrite:
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
     say(f"loading {model_path}")

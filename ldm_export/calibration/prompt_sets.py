@@ -45,6 +45,14 @@ def resolve_spec(spec: str, model_path: str | Path) -> str:
     return "shapes" if Path(model_path).resolve() == DEMO_MODEL.resolve() else "general"
 
 
+def default_guidance(model_path: str | Path) -> float:
+    """The guidance scale to calibrate at when none is given: the embedded demo model's own scale for it
+    (``ldm_export.demo.GUIDANCE``), 7.5 (the Stable Diffusion default) otherwise."""
+    from ..demo import GUIDANCE
+
+    return GUIDANCE if Path(model_path).resolve() == DEMO_MODEL.resolve() else 7.5
+
+
 def load_prompts(spec: str) -> PromptSet:
     """``general`` or ``shapes`` (shipped), or the path of a UTF-8 text file with one prompt per line."""
     path = PROMPTS_DIR / f"{spec}.txt" if spec in BUILTIN else Path(spec)

@@ -329,13 +329,16 @@ def test_shapes_prompts_file_matches_its_generator():
     assert kinds.count(1) == 216 and kinds.count(2) == 100
 
 
-def test_auto_prompts_are_shapes_for_the_demo_model_only(tiny_sd):
-    from ldm_export.calibration import resolve_spec
+def test_auto_prompts_and_guidance_are_the_demo_models_for_the_demo_model_only(tiny_sd):
+    from ldm_export.calibration import default_guidance, resolve_spec
     from ldm_export.cli import DEMO_MODEL
+    from ldm_export.demo import GUIDANCE
 
     assert resolve_spec("auto", DEMO_MODEL) == "shapes"
     assert resolve_spec("auto", tiny_sd) == "general"
     assert resolve_spec("mine.txt", DEMO_MODEL) == "mine.txt"
+    assert default_guidance(DEMO_MODEL) == GUIDANCE != 7.5
+    assert default_guidance(tiny_sd) == 7.5
 
 
 def test_a_prompt_file_ignores_comments_and_blank_lines(tmp_path):
