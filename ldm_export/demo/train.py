@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--unet-lr3", type=float, default=3e-4)
     ap.add_argument("--resume-from", type=Path, default=None,
                     help="pipeline folder holding the result of phases 1-2 (autoencoder + diffusion phase 2 of an "
-                         "earlier run with the same arguments): load it and run phase 3 only")
+                         "earlier run with the same arguments): load it and run phase 3 only (--unet-steps3 N)")
     ap.add_argument("--checkpoint-every", type=int, default=0,
                     help="save the EMA weights every N steps of the last phase to <out>.work/ckpt_<step>")
     ap.add_argument("--reuse-diffusion-phase1", action="store_true",
@@ -398,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grid", type=Path, default=None, help="sample grid PNG to write after training")
     ap.add_argument("--guidance", type=float, default=GUIDANCE, help="guidance scale for the sample grid")
     args = ap.parse_args(argv)
+    if args.resume_from is not None and args.unet_steps3 <= 0:
+        ap.error("--resume-from runs diffusion phase 3 only: give it --unet-steps3 N")
 
     import torch
 

@@ -55,3 +55,11 @@ def test_edge_weights_mark_shape_edges_only():
     assert (w == 6.0).float().mean() < 0.5
     flat = train._to_tensor(np.full((1, 32, 32, 3), 128, np.uint8))
     assert torch.equal(train.edge_weights(flat, 5.0), torch.ones(1, 1, 32, 32))
+
+
+def test_resume_without_a_phase_3_is_refused(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        train.main(["--out", str(tmp_path / "m"), "--resume-from", str(tmp_path / "prev")])
+    assert "--unet-steps3" in capsys.readouterr().err and not (tmp_path / "m").exists()
