@@ -17,10 +17,9 @@ from ldm_runtime.cli import user_errors
 
 from .build import PRECISIONS, BuildConfig, parse_resolution
 from .demo import GUIDANCE as DEMO_GUIDANCE
+from .demo import MODEL_DIR as DEMO_MODEL
 from .golden import GoldenConfig
 from .targets import TARGETS
-
-DEMO_MODEL = Path(__file__).parent / "demo" / "model"
 
 
 def _model_path(model: str | None) -> Path:

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from ldm_runtime.errors import UserError
 
+from ..demo import GUIDANCE, is_demo_model
+
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 BUILTIN = ("general", "shapes")
 AUTO = "auto"  # shapes for the embedded demo model (trained on that grammar), general for any other model
-DEMO_MODEL = Path(__file__).parents[1] / "demo" / "model"
 SHAPES_PAIRS = 100      # two-object captions drawn for shapes.txt, besides every single-object caption
 SHAPES_SEED = 20240601  # seed of that draw; changing it changes shapes.txt (the test says so)
 
@@ -42,15 +43,13 @@ def resolve_spec(spec: str, model_path: str | Path) -> str:
     """``auto`` → ``shapes`` for the embedded demo model, ``general`` otherwise; any other spec unchanged."""
     if spec != AUTO:
         return spec
-    return "shapes" if Path(model_path).resolve() == DEMO_MODEL.resolve() else "general"
+    return "shapes" if is_demo_model(model_path) else "general"
 
 
 def default_guidance(model_path: str | Path) -> float:
     """The guidance scale to calibrate at when none is given: the embedded demo model's own scale for it
     (``ldm_export.demo.GUIDANCE``), 7.5 (the Stable Diffusion default) otherwise."""
-    from ..demo import GUIDANCE
-
-    return GUIDANCE if Path(model_path).resolve() == DEMO_MODEL.resolve() else 7.5
+    return GUIDANCE if is_demo_model(model_path) else 7.5
 
 
 def load_prompts(spec: str) -> PromptSet:

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import GUIDANCE, adherence, shapes
+from . import GUIDANCE, MODEL_DIR, adherence, shapes
 
-DEFAULT_MODEL = Path(__file__).parent / "model"
 
 SHOWCASE_PROMPTS = [
     "a red circle",
@@ -37,7 +36,7 @@ SHOWCASE_PROMPTS = [
 ]
 
 
-def load_pipeline(model: Path | str = DEFAULT_MODEL, threads: int | None = None):
+def load_pipeline(model: Path | str = MODEL_DIR, threads: int | None = None):
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -132,7 +131,7 @@ def sample_grid(pipe, path: Path, *, guidance: float = GUIDANCE, steps: int = 50
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--model", type=Path, default=MODEL_DIR)
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--prompt-seed", type=int, default=1234,

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..demo import GUIDANCE as DEMO_GUIDANCE
+from ..demo import MODEL_DIR as DEMO_MODEL
 
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "demo" / "model"
 
 CALIBRATION_PROMPTS = [
     "a red circle", "a green square on the left", "a blue triangle on the right",
