@@ -41,6 +41,7 @@ class BuildConfig:
     calibration: Path | None = None  # calibration set folder (fp16/int8/mixed); None: collect a small one
     target_psnr: float | None = None  # mixed precision: UNet output PSNR target in dB
     int8_layout: str = "tensorrt"     # int8/mixed: Q/DQ placement, "tensorrt" or "ort-cpu"
+    guidance: float | None = None     # the bundle's default guidance scale; None: calibration.default_guidance
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
@@ -144,7 +145,7 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
                        "decode_scale": model.decode_scale},
             "autoencoder": {"kind": model.autoencoder_kind},
             "conditioning": model.manifest_conditioning,
-            "guidance": model.guidance,
+            "guidance": _guidance_entry(model, cfg),
             "unet_concat": model.unet_concat,
             "resolution": resolution_entry(model, sizes),
             "scheduler": model.scheduler_config,
@@ -180,6 +181,17 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     return manifest
 
 
+def _guidance_entry(model: LoadedModel, cfg: BuildConfig) -> dict:
+    """The manifest's ``guidance``: the family's rule, and for guided families the scale ``ldm-run generate``
+    uses when none is given (the scale an automatic calibration also samples at)."""
+    if model.guidance["rule"] == "never":
+        return dict(model.guidance)
+    from .calibration import default_guidance
+
+    scale = cfg.guidance if cfg.guidance is not None else default_guidance(cfg.model)
+    return {**model.guidance, "default_scale": float(scale)}
+
+
 def _calibration_set(cfg: BuildConfig, model: LoadedModel, scratch: Path, report: Callable[[str], None]):
     """The calibration set given with --calibration (checked against the model), or a small one collected now."""
     from .calibration import CalibrationSet, collect
@@ -188,7 +200,8 @@ def _calibration_set(cfg: BuildConfig, model: LoadedModel, scratch: Path, report
         report(f"reading calibration set {cfg.calibration}")
         return CalibrationSet.open(cfg.calibration, model_sha256=model.source_sha256)
     report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
-    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report, **AUTO_CALIBRATION)
+    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report,
+            guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
     return CalibrationSet.open(scratch, model_sha256=model.source_sha256)
 
 

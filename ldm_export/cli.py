@@ -96,6 +96,10 @@ def source_options(fn):
               help="An image size the bundle must serve (repeatable). The first is the default; the bundle "
                    "accepts any multiple of the size step between the smallest and largest. "
                    "Default: the model's native size.")
+@click.option("--guidance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The default classifier-free guidance scale recorded in the bundle: what `ldm-run generate` "
+                   "uses without --guidance, and the scale an automatic calibration samples at. Default: 1.5 for "
+                   "the embedded demo model (its documented scale), 7.5 (Stable Diffusion's) otherwise.")
 @click.option("--golden-prompt", default=GoldenConfig.prompt, show_default=True,
               help="Prompt of the reference trajectory stored as golden vectors.")
 @click.option("--golden-steps", default=GoldenConfig.steps, show_default=True, type=click.IntRange(1, 50))
@@ -107,7 +111,7 @@ def source_options(fn):
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
-          golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
+          guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -121,7 +125,8 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                                                           ("encoder", f_encoder), ("text_encoder", f_text)) if v),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
                       golden=GoldenConfig(prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
-                      calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout)
+                      calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout,
+                      guidance=guidance)
     stage = [0]
 
     def report(msg: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from ldm_runtime.errors import UserError
+from ldm_runtime.pipeline import DEFAULT_GUIDANCE_SCALE
 
 from ..demo import GUIDANCE, is_demo_model
 
@@ -49,7 +50,7 @@ def resolve_spec(spec: str, model_path: str | Path) -> str:
 def default_guidance(model_path: str | Path) -> float:
     """The guidance scale to calibrate at when none is given: the embedded demo model's own scale for it
     (``ldm_export.demo.GUIDANCE``), 7.5 (the Stable Diffusion default) otherwise."""
-    return GUIDANCE if is_demo_model(model_path) else 7.5
+    return GUIDANCE if is_demo_model(model_path) else DEFAULT_GUIDANCE_SCALE
 
 
 def load_prompts(spec: str) -> PromptSet:

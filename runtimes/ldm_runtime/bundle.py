@@ -62,6 +62,12 @@ def validate_manifest(m: Any) -> None:
             if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
                 raise BundleError(f"manifest.json: '{(section + '.') if section else ''}{key}' has type "
                                   f"{type(obj[key]).__name__}")
+    guidance = m.get("guidance", {})
+    if not isinstance(guidance, dict):
+        raise BundleError(f"manifest.json: 'guidance' has type {type(guidance).__name__}")
+    scale = guidance.get("default_scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
+        raise BundleError(f"manifest.json: 'guidance.default_scale' must be a positive number; got {scale!r}")
     for name, comp in m["components"].items():
         if name not in COMPONENTS:
             raise BundleError(f"manifest.json: unknown component '{name}'; expected one of {', '.join(COMPONENTS)}")

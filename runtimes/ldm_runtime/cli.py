@@ -80,8 +80,9 @@ def main(verbose: bool) -> None:
               help="Inpainting mask, same size as --image: white = repaint, black = keep.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
-@click.option("--guidance", default=7.5, show_default=True, type=float,
-              help="Classifier-free guidance scale; ≤ 1 turns guidance off.")
+@click.option("--guidance", default=None, type=float,
+              help="Classifier-free guidance scale; ≤ 1 turns guidance off. Default: the scale the bundle "
+                   "was built with (`ldm-run info` shows it; 7.5 for bundles that record none).")
 @click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
               help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
@@ -193,6 +194,7 @@ def verify(bundle, as_json, backend, provider, low_memory, skip_hash_check):
 def info(bundle, as_json):
     """Describe a bundle: family, target, precision, components, resolutions."""
     from .bundle import open_bundle
+    from .pipeline import guidance_of
 
     b = open_bundle(bundle, check_hashes=False)
     m = b.manifest
@@ -200,6 +202,7 @@ def info(bundle, as_json):
         click.echo(json.dumps(m, indent=2))
         return
     res = m["resolution"]
+    g = guidance_of(m)
     lines = [
         f"bundle      {b.root}",
         f"family      {m['family']} ({m['conditioning']['kind']} conditioning, {m['autoencoder']['kind'].upper()} autoencoder)",
@@ -209,6 +212,7 @@ def info(bundle, as_json):
         f"{res['max'][0]}x{res['max'][1]}, multiple of {res['multiple_of']}",
         f"latent      {m['latent']['channels']} channels, factor {m['latent']['downsample_factor']}, "
         f"scaling {m['latent']['scaling_factor']}",
+        *([f"guidance    default scale {g['default_scale']:g} (rule {g['rule']})"] if g["rule"] != "never" else []),
         f"scheduler   DDIM, {m['scheduler'].get('beta_schedule')} betas, "
         f"{m['scheduler'].get('prediction_type', 'epsilon')} prediction, "
         f"{m['scheduler'].get('timestep_spacing', 'leading')} spacing",

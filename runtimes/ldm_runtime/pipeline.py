@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -33,7 +33,7 @@ class GenerateConfig:
     prompt: str
     negative_prompt: str = ""
     steps: int = 50
-    guidance_scale: float = 7.5
+    guidance_scale: float | None = None  # None: the bundle's default (manifest guidance.default_scale)
     eta: float = 0.0
     seed: int = 0
     width: int | None = None   # None: the bundle's default resolution
@@ -129,10 +129,15 @@ GUIDANCE_RULES = {
 }
 
 
+DEFAULT_GUIDANCE_SCALE = 7.5  # Stable Diffusion's; for bundles that record no default_scale of their own
+
+
 def guidance_of(manifest: dict) -> dict:
-    """The manifest's guidance rule; text bundles written before the key existed guide when scale > 1."""
+    """The manifest's guidance rule and default scale; text bundles written before the key existed guide when
+    scale > 1, at 7.5."""
     default = {"rule": "greater_than_one" if manifest["conditioning"]["kind"] in ("text", "class") else "never",
-               "negative_prompt": manifest["conditioning"]["kind"] == "text"}
+               "negative_prompt": manifest["conditioning"]["kind"] == "text",
+               "default_scale": DEFAULT_GUIDANCE_SCALE}
     return {**default, **manifest.get("guidance", {})}
 
 
@@ -299,6 +304,8 @@ class Pipeline:
     def generate(self, cfg: GenerateConfig, trace: bool = False, progress=None) -> GenerateResult:
         start = time.perf_counter()
         self.components.seconds.clear()
+        if cfg.guidance_scale is None:
+            cfg = replace(cfg, guidance_scale=self.guidance["default_scale"])
         width, height = self.output_size(cfg)
         use_cfg = GUIDANCE_RULES[self.guidance["rule"]](cfg.guidance_scale)
         cond = self.condition(cfg, use_cfg)

@@ -85,7 +85,9 @@ def demo_bundle(tmp_path_factory):
 
 def test_demo_bundle_reproduces_stored_reference_images(demo_bundle, tmp_path):
     """Fixed-seed generations of the shipped weights through ldm-run (no torch) match the stored
-    diffusers images within 2 levels: a change that breaks the model or the runtime is caught."""
+    diffusers images within 2 levels: a change that breaks the model or the runtime is caught.
+    The bundle records the demo model's guidance scale, so `ldm-run generate` needs no --guidance."""
+    import json
     import subprocess
 
     from PIL import Image
@@ -93,10 +95,11 @@ def test_demo_bundle_reproduces_stored_reference_images(demo_bundle, tmp_path):
     from tests.conftest import ldm_run_blocked
     from tests.demo.make_reference_images import CASES, GUIDANCE, OUT, STEPS, file_name
 
+    assert json.loads((demo_bundle / "manifest.json").read_text())["guidance"]["default_scale"] == GUIDANCE
     for prompt, seed in CASES:
         out = tmp_path / file_name(prompt, seed)
         r = subprocess.run(ldm_run_blocked("generate", str(demo_bundle), "-p", prompt, "--seed", str(seed),
-                                           "--steps", str(STEPS), "--guidance", str(GUIDANCE), "--out", str(out)),
+                                           "--steps", str(STEPS), "--out", str(out)),
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         got = np.asarray(Image.open(out)).astype(int)

@@ -214,3 +214,19 @@ def test_stale_staging_of_a_killed_build_is_cleaned(tmp_path):
     with staging_folder(tmp_path / "b", overwrite=False) as staging:
         (staging / "x").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_the_bundle_records_its_default_guidance_scale(tiny_sd, tmp_path):
+    """--guidance is recorded as guidance.default_scale (what ldm-run generate uses without one); without it a
+    model other than the demo gets Stable Diffusion's 7.5; unguided families record no scale."""
+    import dataclasses
+
+    from ldm_export.demo import GUIDANCE, MODEL_DIR
+
+    model = load_model(tiny_sd)
+    entry = build_mod._guidance_entry(model, BuildConfig(model=tiny_sd, out=tmp_path / "b", guidance=3.0))
+    assert entry == {**model.guidance, "default_scale": 3.0}
+    assert build_mod._guidance_entry(model, BuildConfig(model=tiny_sd, out=tmp_path / "b"))["default_scale"] == 7.5
+    assert build_mod._guidance_entry(model, BuildConfig(model=MODEL_DIR, out=tmp_path / "b"))["default_scale"] == GUIDANCE
+    unguided = dataclasses.replace(model, guidance={"rule": "never", "negative_prompt": False})
+    assert "default_scale" not in build_mod._guidance_entry(unguided, BuildConfig(model=tiny_sd, out=tmp_path / "b"))

@@ -57,6 +57,9 @@ def test_unknown_schema_version(bundle_copy):
     (lambda m: m["components"].update(foo=m["components"]["unet"]), "unknown component 'foo'"),
     (lambda m: m["components"]["unet"]["inputs"]["sample"].update(dtype="float8"), "needs a dtype"),
     (lambda m: m["files"].pop("unet.onnx"), "unet file unet.onnx has no sha256 entry"),
+    (lambda m: m.update(guidance=[]), "'guidance' has type list"),
+    (lambda m: m["guidance"].update(default_scale="7.5"), "'guidance.default_scale' must be a positive number"),
+    (lambda m: m["guidance"].update(default_scale=0), "'guidance.default_scale' must be a positive number"),
 ])
 def test_structural_errors_name_the_key(bundle_copy, edit, match):
     _edit_manifest(bundle_copy, edit)

@@ -107,6 +107,7 @@ def test_info(tiny_bundle):
     r = run(ldm_run_blocked("info", str(tiny_bundle)))
     assert r.returncode == 0, r.stderr
     assert "text-to-image" in r.stdout and "range 32x32 … 64x48, multiple of 4" in r.stdout
+    assert "guidance    default scale 7.5 (rule greater_than_one)" in r.stdout
     assert json.loads(run(ldm_run_blocked("info", str(tiny_bundle), "--json")).stdout)["schema_version"] == 1
 
 

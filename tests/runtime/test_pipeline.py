@@ -55,6 +55,20 @@ def test_timings_and_overhead(pipe):
     assert 0 <= r.overhead_seconds < r.seconds["total"]
 
 
+def test_the_bundles_default_guidance_scale_applies_when_none_is_given(tiny_bundle, tmp_path):
+    """GenerateConfig without a scale (ldm-run generate without --guidance) uses the manifest's default_scale."""
+    assert open_bundle(tiny_bundle).manifest["guidance"]["default_scale"] == 7.5  # a model other than the demo
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m["guidance"]["default_scale"] = 2.0
+    (root / "manifest.json").write_text(json.dumps(m))
+    p = _pipeline(root)
+    got = p.generate(GenerateConfig(prompt="a cat", steps=2)).decoded
+    np.testing.assert_array_equal(got, p.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=2.0)).decoded)
+    assert not np.allclose(got, p.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=7.5)).decoded)
+
+
 def test_guidance_off_uses_batch_of_one(pipe):
     """guidance ≤ 1 skips the unconditional half (as diffusers), so the result differs from guidance 7.5."""
     a = pipe.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=1.0), trace=True)
