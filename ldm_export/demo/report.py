@@ -52,6 +52,11 @@ def _smooth(v, k=5):
     return np.convolve(np.pad(v, (k // 2, k // 2), mode="edge"), np.ones(k) / k, mode="valid")
 
 
+def _first_full_step(ae: list[dict]) -> int:
+    """The step at which the autoencoder log switches from crops to full images (phase 2)."""
+    return next((r["step"] for r in ae if r.get("phase") == "full"), ae[-1]["step"])
+
+
 def plot(log_path: Path, out: Path) -> None:
     d = json.loads(Path(log_path).read_text())
     ae, df = d.get("autoencoder", []), d.get("diffusion", [])
@@ -63,7 +68,7 @@ def plot(log_path: Path, out: Path) -> None:
         npix = [3 * (32 * 32 if r.get("phase") == "full" else 16 * 16) for r in ae]
         xs = {"reconstruction loss per pixel value (L1 + L2)": [r["step"] for r in ae]}
         _panel(draw, (60, 30, 320, 290), xs, [(k, [r["rec"] / n for r, n in zip(ae, npix)]) for k in xs],
-               "autoencoder (crops until step 2500, then full images)", log_y=True)
+               f"autoencoder (crops until step {_first_full_step(ae)}, then full images)", log_y=True)
         val = [(r["step"], r["psnr_val"]) for r in ae if "psnr_val" in r]
         xs2 = {"train PSNR (dB, posterior sample)": [r["step"] for r in ae],
                "held-out PSNR (dB, posterior mode)": [s for s, _ in val]}
