@@ -19,7 +19,7 @@ Stages, LDM style (Rombach et al. 2022):
 The autoencoder trains in two phases (16 x 16 crops, then full images) and the
 diffusion model in one cosine schedule (optionally more phases, each continuing from
 the previous one's EMA weights); see docs/demo_model.md. The shipped model (all
-defaults, one command) took 32 minutes in all on 2 cores with ``--threads 2``.
+defaults, one command) took 28-32 minutes in all on 2 cores with ``--threads 2``.
 
 The result is saved as an ordinary diffusers ``StableDiffusionPipeline`` folder
 with a ``DDIMScheduler`` config. Everything is seeded: the same seed, step
