@@ -11,12 +11,12 @@ from pathlib import Path
 
 MODEL_DIR = Path(__file__).parent / "model"
 
+# Classifier-free guidance scale the demo model is evaluated and shown at, chosen on validation prompts
+# (``python -m ldm_export.demo.evaluate --prompt-seed 4321 --first-seed 100 --guidance ...``), not on
+# the evaluation prompts; ``ldm-export build`` records it in demo bundles. See docs/demo_model.md.
+GUIDANCE = 1.5
+
 
 def is_demo_model(path: str | Path) -> bool:
     """Whether ``path`` is the embedded demo model's folder."""
     return Path(path).resolve() == MODEL_DIR.resolve()
-
-# Classifier-free guidance scale the demo model is evaluated and shown at, chosen on validation prompts
-# (``python -m ldm_export.demo.evaluate --prompt-seed 4321 --first-seed 100 --guidance ...``), not on
-# the evaluation prompts; see docs/demo_model.md.
-GUIDANCE = 1.5
