@@ -19,7 +19,7 @@ Runtime's ``intra_op_num_threads`` on the other.
     python benchmarks/bench_e2e.py --model tiny --repeats 5
     python benchmarks/bench_e2e.py --model sd15 --resolution 256 --steps 20 --repeats 3 --work /work/bench-work
 
-The model (random weights, real architecture: ``ldm_export.random_models``) and its bundle are built
+The model (random weights, real architecture: ``tests.models.sd``) and its bundle are built
 once into ``--work`` and reused by later runs.
 """
 
@@ -35,6 +35,10 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the tests' model registry (tests/models) builds the benchmark models
+    sys.path.insert(0, str(REPO))
 
 PROMPT = "a photo of an astronaut riding a horse on a mountain at night"
 MARK = "@@BENCH "          # prefix of the worker's result lines on stdout
@@ -60,7 +64,7 @@ def model_dirs(work: Path, model: str, resolution: int) -> tuple[Path, Path]:
 def prepare(model: str, model_dir: Path, bundle_dir: Path, resolution: int) -> None:
     """Build what is missing (runs in a child process, so the parent stays free of torch)."""
     from ldm_export.build import BuildConfig, build
-    from ldm_export.random_models import make_sd15_architecture, make_tiny_sd
+    from tests.models.sd import make_sd15_architecture, make_tiny_sd
 
     if not (model_dir / "model_index.json").exists() or not (model_dir / ".complete").exists():
         if not ((model_dir / "model_index.json").exists()

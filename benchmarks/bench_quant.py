@@ -12,7 +12,7 @@ Four variants of one UNet are compared (``--layout`` restricts the int8 recipe t
   reader, uint8 activations, 7-bit weights);
 * ``int8 naive``: what ``onnxruntime.quantization.quantize_static`` does with its defaults (every op
   type ORT can quantize, MinMax on every tensor, per-tensor weights, quantized outputs), built with
-  ``ldm_export.quantize.demo_measure._naive_int8``.
+  ``benchmarks/demo_measure.py._naive_int8``.
 
 Both int8 graphs are calibrated on the UNet records of a calibration set (``ldm-export calibrate``;
 collected into ``--work`` when ``--calibration`` is not given) and built in ``--work``, each in a child
@@ -171,7 +171,7 @@ def build_child(spec: dict) -> None:
 
     from ldm_export.calibration import CalibrationSet
     from ldm_export.quantize import calibrate, int8
-    from ldm_export.quantize.demo_measure import _naive_int8
+    from demo_measure import _naive_int8
 
     feeds = CalibrationSet.open(spec["calibration"]).feeds("unet")
     out, threads = Path(spec["out"]), spec["threads"]

@@ -16,6 +16,14 @@ MODEL_DIR = Path(__file__).parent / "model"
 # the evaluation prompts; ``ldm-export build`` records it in demo bundles. See docs/demo_model.md.
 GUIDANCE = 1.5
 
+# The demo model's DDIM config: Stable Diffusion 1.x's (scaled-linear betas 0.00085 … 0.012, leading spacing
+# with steps_offset 1, the last step to alpha_0), which is the original CompVis DDIM sampler.
+SCHEDULER = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False,
+    "steps_offset": 1, "prediction_type": "epsilon", "timestep_spacing": "leading",
+}
+
 
 def is_demo_model(path: str | Path) -> bool:
     """Whether ``path`` is the embedded demo model's folder."""

@@ -39,18 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..random_models import write_clip_tokenizer
-from . import GUIDANCE, shapes
+from . import GUIDANCE, SCHEDULER, bpe, shapes
 
 IMAGE_SIZE = 32
 MAX_LENGTH = 16
 LATENT_CHANNELS = 8  # 8x8x8 latents: 4 channels did not reach 30 dB PSNR within the CPU budget
-
-SCHEDULER = {
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False,
-    "steps_offset": 1, "prediction_type": "epsilon", "timestep_spacing": "leading",
-}
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS, block_out_channels=(32, 64, 64),
@@ -81,7 +74,7 @@ def write_tokenizer(folder: Path, words: list[str], model_max_length: int = MAX_
     no word has two symbols left, then ``<|startoftext|>`` and ``<|endoftext|>``.
     Text outside the grammar falls back to sub-word and byte tokens.
     """
-    write_clip_tokenizer(folder, model_max_length=model_max_length, words=words, max_merges=None)
+    bpe.write_clip_tokenizer(folder, words, model_max_length=model_max_length)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -163,7 +163,7 @@ def test_stratified_steps_draw_one_step_from_each_equal_bin(steps, per):
 
 def test_class_conditional_records_class_labels_not_text(tmp_path):
     from ldm_export.loading import load_model
-    from ldm_export.random_families import make_tiny_class_conditional
+    from tests.models.families import make_tiny_class_conditional
 
     folder = make_tiny_class_conditional(tmp_path / "cin")
     m = collect(folder, tmp_path / "calib", steps=3, samples=2, per_trajectory=2, guidance_scale=3.0)

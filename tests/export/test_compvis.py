@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from ldm_export.random_models import TINY_SCHEDULER, vocab_size
-from ldm_export.sources.compvis import convert_checkpoint, save_original_checkpoint
+from tests.models.sd import TINY_SCHEDULER, vocab_size
+from ldm_export.sources.compvis import convert_checkpoint
+from tests.models.compvis_writer import save_original_checkpoint
 from ldm_runtime.errors import UserError
 
 SD2_SCHEDULER = dict(TINY_SCHEDULER, prediction_type="v_prediction")

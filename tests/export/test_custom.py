@@ -9,7 +9,7 @@ import pytest
 from ldm_export.build import BuildConfig, build
 from ldm_export.loading import load_model
 from ldm_export.parity import ParityConfig, format_parity, run_parity
-from ldm_export.random_models import TINY_SCHEDULER, write_clip_tokenizer
+from tests.models.sd import TINY_SCHEDULER, write_clip_tokenizer
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import UserError
 from ldm_runtime.pipeline import Components, Pipeline

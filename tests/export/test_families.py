@@ -1,6 +1,6 @@
 """Every family of the paper: build → ldm-run generate → parity against the torch reference.
 
-Tiny random-weight models mirror the original configs (see ldm_export/random_families.py);
+Tiny random-weight models mirror the original configs (see tests/models/families.py);
 fp32 final images must agree within 2 uint8 levels.
 """
 
@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from ldm_export import random_families as rf
+from tests.models import FAMILIES as TINY_FAMILIES
+from tests.models import MODELS
+from tests.models import families as rf
 from ldm_export.build import BuildConfig, build
 from ldm_export.parity import ParityConfig, format_parity, run_parity
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.verify import format_report, verify_bundle
 
-FAMILIES = {
-    # name: (builder, family, autoencoder, sizes)
-    "uncond-vq": (rf.make_tiny_ldm_uncond_vq, "unconditional", "vq", ((32, 32),)),
-    "uncond-kl": (rf.make_tiny_ldm_uncond_kl, "unconditional", "kl", ((128, 128),)),
-    "class-unet": (rf.make_tiny_class_conditional, "class-conditional", "vq", ((32, 32),)),
-    "class-context": (rf.make_tiny_class_conditional_crossattn, "class-conditional", "vq", ((32, 32),)),
-    "ldmbert": (rf.make_tiny_ldm_text2img, "text-to-image", "kl", ((64, 64),)),
-    "superres": (rf.make_tiny_superres, "super-resolution", "vq", ((128, 128),)),
-    "inpainting": (rf.make_tiny_inpainting, "inpainting", "kl", ((32, 32),)),
-    "sd-v": (rf.make_tiny_sd_v, "text-to-image", "kl", ((32, 32),)),
-}
+FAMILIES = {name: (MODELS[name].make, MODELS[name].family, MODELS[name].autoencoder, MODELS[name].sizes)
+            for name in TINY_FAMILIES}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

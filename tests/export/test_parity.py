@@ -26,7 +26,7 @@ def test_tiny_bundle_matches_diffusers_within_two_levels(tiny_bundle, tiny_sd, e
 
 def test_parity_against_another_model_fails_with_exit_1(tiny_bundle, tmp_path):
     """A bundle compared with a different model (here: other random weights) must be caught."""
-    from ldm_export.random_models import make_tiny_sd
+    from tests.models.sd import make_tiny_sd
 
     other = make_tiny_sd(tmp_path / "other", seed=1)
     r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "parity", str(tiny_bundle), "--reference", str(other),
@@ -47,7 +47,7 @@ def test_parity_against_another_model_fails_with_exit_1(tiny_bundle, tmp_path):
 def test_sd15_architecture_matches_diffusers_within_two_levels(tmp_path_factory, eta):
     """The Stable Diffusion 1.x architecture (random weights) at 256x256, 20 steps."""
     from ldm_export.build import BuildConfig, build
-    from ldm_export.random_models import make_sd15_architecture
+    from tests.models.sd import make_sd15_architecture
 
     root = tmp_path_factory.getbasetemp() / "sd15"
     model, bundle = root / "model", root / "bundle"

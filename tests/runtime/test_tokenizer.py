@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldm_export.random_models import write_clip_tokenizer
+from tests.models.sd import write_clip_tokenizer
 from ldm_export.tokenizer_export import export_tokenizer
 from ldm_runtime.errors import BackendUnavailable, BundleError, UserError
 from ldm_runtime.tokenizer import ClipTokenizer

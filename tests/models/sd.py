@@ -10,85 +10,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# The CLIP byte-level alphabet: every byte maps to a printable unicode char.
-def _bytes_to_unicode() -> list[str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for _, c in sorted(zip(bs, cs))]
+from ldm_export.demo import SCHEDULER as TINY_SCHEDULER  # Stable Diffusion 1.x's DDIM config
+from ldm_export.demo import bpe
 
-
-_CORPUS_WORDS = (
+CORPUS_WORDS = tuple((
     "a an the photo of cat dog red blue green yellow circle square triangle on left right "
     "above below small large painting astronaut riding horse mountain city night sky"
-).split()
+).split())
 
 
-def write_clip_tokenizer(folder: Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>",
-                         words: list[str] | tuple[str, ...] = tuple(_CORPUS_WORDS),
-                         max_merges: int | None = 150) -> None:
-    """Write a small CLIP-format tokenizer (vocab.json, merges.txt, configs) to ``folder``.
-
-    The merges are those a greedy BPE trainer learns on ``words`` (at most ``max_merges``;
-    None: until every word is one token), so real multi-character tokens appear and
-    prompts outside the list fall back to bytes.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    chars = _bytes_to_unicode()
-    vocab: list[str] = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in words]
-    while max_merges is None or len(merges) < max_merges:  # greedy BPE training on the word list
-        counts: dict[tuple[str, str], int] = {}
-        for w in words:
-            for pair in zip(w, w[1:]):
-                counts[pair] = counts.get(pair, 0) + 1
-        if not counts:
-            break
-        best = max(sorted(counts), key=lambda p: counts[p])
-        merges.append(best)
-        vocab.append(best[0] + best[1])
-        new_words = []
-        for w in words:
-            out, i = [], 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            new_words.append(out)
-        words = new_words
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": pad_token,
-    }))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length,
-        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": pad_token, "do_lower_case": True,
-        "errors": "replace",
-    }))
+def write_clip_tokenizer(folder: Path, model_max_length: int = 77, pad_token: str = "<|endoftext|>") -> None:
+    """A small CLIP-format tokenizer of :data:`CORPUS_WORDS` (150 merges: real multi-character tokens, and
+    prompts outside the list fall back to bytes)."""
+    bpe.write_clip_tokenizer(folder, CORPUS_WORDS, model_max_length=model_max_length, pad_token=pad_token,
+                             max_merges=150)
 
 
 def vocab_size(tokenizer_folder: Path) -> int:
     return len(json.loads((tokenizer_folder / "vocab.json").read_text()))
-
-
-TINY_SCHEDULER = {
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "clip_sample": False, "set_alpha_to_one": False,
-    "steps_offset": 1, "prediction_type": "epsilon", "timestep_spacing": "leading",
-}
 
 
 def make_sd_pipeline(folder: Path, *, unet: dict, vae: dict, text: dict, seed: int = 0,

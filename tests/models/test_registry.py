@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm_export import random_families as rf
+from tests.models import families as rf
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -65,7 +65,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ldm_export.random_models import TINY_SCHEDULER, make_tiny_sd, write_clip_tokenizer
+from tests.models.sd import TINY_SCHEDULER, make_tiny_sd, write_clip_tokenizer
 
 LDM_CLASS_CONDITIONAL_PIPELINE = "LDMClassConditionalPipeline"
 CLASS_EMBEDDER_WEIGHTS = "model.safetensors"

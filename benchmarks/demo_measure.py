@@ -1,6 +1,6 @@
 """Measure the recipes on the embedded demo model (the numbers in docs/quantization.md).
 
-    python -m ldm_export.quantize.demo_measure --work /tmp/quant-demo [--threads 1] [--json out.json]
+    python benchmarks/demo_measure.py --work /tmp/quant-demo [--threads 1] [--json out.json]
 
 Exports the demo model's components to fp32 ONNX, records real component inputs along DDIM trajectories of
 the diffusers pipeline (UNet: batch 2, both classifier-free-guidance halves, every step), calibrates on
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..demo import GUIDANCE as DEMO_GUIDANCE
-from ..demo import MODEL_DIR as DEMO_MODEL
+from ldm_export.demo import GUIDANCE as DEMO_GUIDANCE
+from ldm_export.demo import MODEL_DIR as DEMO_MODEL
 
 
 CALIBRATION_PROMPTS = [
