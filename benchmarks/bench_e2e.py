@@ -123,7 +123,8 @@ def runtime_worker(a: argparse.Namespace) -> None:
     from contextlib import contextmanager
 
     from ldm_runtime.bundle import open_bundle
-    from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+    from ldm_runtime.pipeline import Components, Pipeline
+    from ldm_runtime.request import Request
 
     bundle = open_bundle(a.bundle, check_hashes=False)
     t0 = time.perf_counter()
@@ -144,7 +145,7 @@ def runtime_worker(a: argparse.Namespace) -> None:
         sampler.set("load_all")
     components.load_all()
     load_s = time.perf_counter() - t0
-    cfg = GenerateConfig(prompt=PROMPT, steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
+    cfg = Request(prompt=PROMPT, steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
                          width=a.resolution, height=a.resolution, noise="torch")
 
     def one() -> dict:

@@ -122,14 +122,14 @@ def calibration_set(a: argparse.Namespace, size: tuple[int, int]) -> Path:
 
 
 def input_files(fp32: Path, calibration: Path) -> list[Path]:
-    from ldm_export.quantize.common import external_data_files
+    from ldm_export.onnx_io import external_data_files
 
     return [fp32, *external_data_files(fp32), calibration / "calibration.json"]
 
 
 def fresh(out: Path, inputs: list[Path]) -> bool:
     """``out``, its external data and its build record exist and are newer than every input."""
-    from ldm_export.quantize.common import external_data_files
+    from ldm_export.onnx_io import external_data_files
 
     record = out.with_suffix(".build.json")
     if not (out.exists() and record.exists()):
@@ -363,7 +363,7 @@ def main(argv=None) -> int:
     fp32 = a.fp32_unet.resolve()
 
     from ldm_export.calibration import CalibrationSet
-    from ldm_export.quantize import model_size_bytes
+    from ldm_export.onnx_io import model_size_bytes
 
     cal_path = calibration_set(a, size)
     cs = CalibrationSet.open(cal_path)

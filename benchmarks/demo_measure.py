@@ -98,7 +98,7 @@ def ddim_images(unet, decoder: Path, feeds: list[dict], steps: int, guidance: fl
     import torch
     from diffusers import DDIMScheduler
 
-    from .common import Session
+    from ldm_export.quantize.common import Session
 
     images = []
     with Session(unet, threads) as u, Session(decoder, threads) as d:
@@ -120,7 +120,7 @@ def ddim_images(unet, decoder: Path, feeds: list[dict], steps: int, guidance: fl
 
 def _latency(paths: dict[str, Path], feed: dict, threads: int, repeats: int, calls: int) -> dict[str, float]:
     """Median seconds per call of every model, timed interleaved (round-robin) so background load hits all."""
-    from .common import Session
+    from ldm_export.quantize.common import Session
 
     sessions = {k: Session(p, threads) for k, p in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
@@ -143,7 +143,7 @@ def _naive_int8(src: Path, out: Path, feeds, threads: int):
     asymmetric activations, quantized outputs and int32 biases."""
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
-    from .common import save
+    from ldm_export.onnx_io import save
     from .int8 import _typed_model, calibrate
 
     cal = calibrate(src, feeds, method="minmax", every_op=True, threads=threads)

@@ -1,9 +1,13 @@
-"""``ldm-export build``: load → export ONNX → check against torch → compile → golden vectors → bundle."""
+"""``ldm-export build``: load → export ONNX → check against torch → quantize → compile → golden vectors → bundle.
+
+:func:`build` reads as the pipeline of stages it is. The precision (:mod:`ldm_export.precision`: which
+recipe each component gets) and the target (:mod:`ldm_export.targets`: what the bundle ships for which
+runtime) are plug-ins: nothing here branches on their names.
+"""
 
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -11,19 +15,23 @@ from pathlib import Path
 from typing import Callable
 
 from ldm_runtime.errors import UserError
+from ldm_runtime.request import Request
 
-from . import __version__
 from .bundle import finalize_manifest, staging_folder
-from .export import OPSET, check_against_torch, component_graphs, export_onnx
-from .golden import GoldenConfig, golden_arrays, manifest_entry, write_golden
-from .loading import LoadedModel, load_model
+from .export import OPSET, ComponentGraph, check_against_torch, component_graphs, export_onnx
+from .golden import GOLDEN, family_request, golden_arrays, write_golden
+from .loading import load_model
+from .model import LoadedModel
 from .precision import PRECISIONS, component_recipe, needs_calibration, quantize_component
-from .targets import get_target
+from .provenance import producer
+from .resolution import check_resolutions, resolution_entry
+from .targets import CompileJob, Target, get_target
 from .tokenizer_export import export_tokenizer
-
 
 # the calibration set a quantized build collects when none is given (ldm-export calibrate makes bigger ones)
 AUTO_CALIBRATION = {"samples": 16, "steps": 20, "per_trajectory": 4, "seed": 0}
+EXPORT_DIR = ".export"        # staging sub-folder of the fp32 exports (a quantized build reads them)
+CALIBRATION_DIR = ".calibration"
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class BuildConfig:
     target: str = "onnx"
     precision: str = "fp32"
     resolutions: tuple[tuple[int, int], ...] = ()   # empty: the model's native resolution
-    golden: GoldenConfig = field(default_factory=GoldenConfig)
+    golden: Request = field(default_factory=lambda: GOLDEN)  # the golden trajectory's request (size: the smallest)
     overwrite: bool = False
     calibration: Path | None = None  # calibration set folder (fp16/int8/mixed); None: collect a small one
     target_psnr: float | None = None  # mixed precision: UNet output PSNR target in dB
@@ -44,165 +52,179 @@ class BuildConfig:
     guidance: float | None = None     # the bundle's default guidance scale; None: calibration.default_guidance
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'512x768' → (512, 768) (width, height)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"resolution '{text}' is not WIDTHxHEIGHT (e.g. 512x512)") from None
-    if w <= 0 or h <= 0:
-        raise UserError(f"resolution '{text}' must be positive")
-    return w, h
+@dataclass(frozen=True)
+class _Job:
+    """What every stage of one build needs."""
 
+    cfg: BuildConfig
+    model: LoadedModel
+    sizes: tuple[tuple[int, int], ...]
+    graphs: tuple[ComponentGraph, ...]
+    target: Target
+    staging: Path
+    report: Callable[[str], None]
 
-def check_resolutions(model: LoadedModel, sizes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
-    k = model.size_multiple
-    sizes = list(sizes) or [model.default_resolution]
-    for w, h in sizes:
-        if w % k or h % k:
-            raise UserError(
-                f"resolution {w}x{h} is not a multiple of {k} (autoencoder factor {model.vae_factor} × UNet "
-                f"downsampling {k // model.vae_factor}); try {max(k, round(w / k) * k)}x{max(k, round(h / k) * k)}")
-    return sizes
-
-
-def resolution_entry(model: LoadedModel, sizes: list[tuple[int, int]]) -> dict:
-    return {"multiple_of": model.size_multiple, "declared": [list(s) for s in sizes],
-            "default": list(sizes[0]), "min": [min(w for w, _ in sizes), min(h for _, h in sizes)],
-            "max": [max(w for w, _ in sizes), max(h for _, h in sizes)]}
-
-
-def _producer() -> dict:
-    import diffusers
-    import torch
-
-    return {"name": "ldm-export", "version": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "diffusers": diffusers.__version__}
+    @property
+    def quantized(self) -> bool:
+        return self.cfg.precision != "fp32"
 
 
 def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) -> dict:
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
-    if cfg.precision not in PRECISIONS:
-        raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
-    if cfg.target_psnr is not None and cfg.precision != "mixed":
-        raise UserError("--target-psnr applies to --precision mixed only")
-    if cfg.int8_layout != "tensorrt" and cfg.precision not in ("int8", "mixed"):
-        raise UserError("--int8-layout applies to --precision int8 and mixed only")
+    _check_options(cfg)
     target = get_target(cfg.target)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise UserError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
     model = load_model(cfg.model, cfg.config, cfg.tokenizer, dict(cfg.factories))
-    sizes = check_resolutions(model, cfg.resolutions)
-    graphs = component_graphs(model)
-    quantized = cfg.precision != "fp32"
-    components: dict[str, dict] = {}
-    checks: list[dict] = []
-    recipes: dict[str, dict] = {}
+    sizes = tuple(check_resolutions(model, cfg.resolutions))
     with staging_folder(cfg.out, cfg.overwrite) as staging:
-        calib = calib_summary = None
-        if needs_calibration(cfg.precision, [g.name for g in graphs]):
-            calib = _calibration_set(cfg, model, staging / ".calibration", report)
-            calib_summary = calib.summary()  # before a set collected into the staging folder is dropped
-        tokenizer = None
-        if model.conditioning["kind"] == "text":
-            report("exporting the tokenizer")
-            kind = "bert" if model.conditioning.get("encoder") == "ldmbert" else "clip"
-            tokenizer = export_tokenizer(model.tokenizer_dir, staging / "tokenizer", kind=kind,
-                                         max_length=model.tokenizer_max_length)
-            tokenizer["file"] = f"tokenizer/{tokenizer['file']}"
-        fp32_dir = staging / ".fp32" if quantized else staging
-        fp32_dir.mkdir(exist_ok=True)
-        for g in graphs:
-            report(f"exporting {g.name} to ONNX")
-            files = export_onnx(g, fp32_dir, sizes[0])
-            report(f"checking {g.name} in ONNX Runtime against torch at {', '.join(f'{w}x{h}' for w, h in sizes)}")
-            checks += check_against_torch(g, fp32_dir / files[0], sizes, "fp32")
-            recipe = component_recipe(cfg.precision, g.name)
-            if quantized:
-                report(f"quantizing {g.name}: {recipe}")
-                feeds = _component_feeds(calib, g.name)
-                recipes[g.name] = quantize_component(recipe, fp32_dir / files[0], staging / f"{g.name}.onnx", feeds,
-                                                     target_psnr=cfg.target_psnr, int8_layout=cfg.int8_layout,
-                                                     report=report)
-                files = [p.name for p in (staging / f"{g.name}.onnx", staging / f"{g.name}.onnx.data") if p.exists()]
-            files = target.compile(staging, g.name, files)
-            components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
-                                  "precision": recipe, "inputs": g.inputs, "outputs": g.outputs}
-        if quantized:
-            shutil.rmtree(fp32_dir)
-        shutil.rmtree(staging / ".calibration", ignore_errors=True)
-        (staging / "scheduler_config.json").write_text(json.dumps(model.scheduler_config, indent=2) + "\n")
-        body = {
-            "family": model.family, "target": target.name, "precision": cfg.precision,
-            "producer": _producer(),
-            "source": {"format": model.source_format, "name": Path(cfg.model).name, "sha256": model.source_sha256},
-            "backend": {"name": target.backend, "onnx_opset": OPSET, "versions": target.versions()},
-            "device_constraints": target.device_constraints(),
-            "latent": {"channels": model.latent_channels, "downsample_factor": model.vae_factor,
-                       "scaling_factor": model.scaling_factor, "shift_factor": model.shift_factor,
-                       "decode_scale": model.decode_scale},
-            "autoencoder": {"kind": model.autoencoder_kind},
-            "conditioning": model.manifest_conditioning,
-            "guidance": _guidance_entry(model, cfg),
-            "unet_concat": model.unet_concat,
-            "resolution": resolution_entry(model, sizes),
-            "scheduler": model.scheduler_config,
-            **({"tokenizer": tokenizer} if tokenizer else {}),
-            "components": components,
-        }
-        report(f"recording golden vectors ({cfg.golden.steps} DDIM steps of the torch reference)")
-        w, h = min(sizes, key=lambda s: s[0] * s[1])
-        arrays, request = golden_arrays(model, graphs, cfg.golden, w, h)
-        golden = manifest_entry(request, "golden/golden.npz")
-        if quantized:
-            report("recording the quantized bundle's own golden vectors (ONNX Runtime, CPU)")
-            from .quantized_golden import own_golden
-
-            vs_fp32 = own_golden(staging, {**body, "golden": golden}, arrays, graphs)
-            (staging / "recipe.json").write_text(json.dumps(recipes, indent=1, default=float) + "\n")
-            body["quantization"] = {
-                "recipe": cfg.precision, "file": "recipe.json",
-                "components": {n: _recipe_summary(r) for n, r in recipes.items()},
-                "calibration": calib_summary,
-                "vs_fp32": vs_fp32,
-            }
+        job = _Job(cfg, model, sizes, tuple(component_graphs(model)), target, staging, report)
+        calib = _calibration_set(job)
+        calib_summary = calib.summary() if calib is not None else None  # before a collected set is dropped
+        tokenizer = _export_tokenizer(job)
+        components, checks, recipes = _export_components(job, calib)
+        body = _manifest_body(job, tokenizer, components)
+        arrays, golden = _golden_vectors(job)
+        if job.quantized:
+            body["quantization"] = _quantized_golden(job, {**body, "golden": golden}, arrays, recipes,
+                                                    calib_summary)
             golden["expected"] = "bundle"
-            for line in _quality_lines(cfg.precision, vs_fp32):
-                report(line)
         write_golden(staging / "golden" / "golden.npz", arrays)
         report("writing the manifest")
         manifest = finalize_manifest(staging, {
-            **body, "golden": golden,
-            "build": {"seconds": round(time.perf_counter() - t0, 1), "checks": checks},
+            **body, "golden": golden, "build": {"seconds": round(time.perf_counter() - t0, 1), "checks": checks},
         })
     report(f"bundle written to {cfg.out} in {time.perf_counter() - t0:.1f} s")
     return manifest
 
 
+def _check_options(cfg: BuildConfig) -> None:
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
+    if cfg.target_psnr is not None and cfg.precision != "mixed":
+        raise UserError("--target-psnr applies to --precision mixed only")
+    if cfg.int8_layout != "tensorrt" and cfg.precision not in ("int8", "mixed"):
+        raise UserError("--int8-layout applies to --precision int8 and mixed only")
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+def _calibration_set(job: _Job):
+    """The calibration set given with --calibration (checked against the model), or a small one collected
+    now into the staging folder (dropped with it after the export); None when the precision needs none."""
+    from .calibration import CalibrationSet, collect
+
+    cfg, model = job.cfg, job.model
+    if not needs_calibration(cfg.precision, [g.name for g in job.graphs]):
+        return None
+    if cfg.calibration is not None:
+        job.report(f"reading calibration set {cfg.calibration}")
+        return CalibrationSet.open(cfg.calibration, model_sha256=model.source.sha256)
+    job.report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
+    scratch = job.staging / CALIBRATION_DIR
+    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=job.report,
+            guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
+    return CalibrationSet.open(scratch, model_sha256=model.source.sha256)
+
+
+def _export_tokenizer(job: _Job) -> dict | None:
+    text = job.model.text
+    if text is None:
+        return None
+    job.report("exporting the tokenizer")
+    spec = export_tokenizer(text.tokenizer_dir, job.staging / "tokenizer", kind=text.tokenizer_kind,
+                            max_length=text.tokenizer_max_length)
+    return {**spec, "file": f"tokenizer/{spec['file']}"}
+
+
+def _export_components(job: _Job, calib) -> tuple[dict[str, dict], list[dict], dict[str, dict]]:
+    """Every component: export to ONNX and check it against torch at every size, apply the precision's
+    recipe, compile for the target. Returns the manifest's components, the checks, and the recipes."""
+    components: dict[str, dict] = {}
+    checks: list[dict] = []
+    recipes: dict[str, dict] = {}
+    exported = job.staging / EXPORT_DIR
+    exported.mkdir()
+    for g in job.graphs:
+        job.report(f"exporting {g.name} to ONNX")
+        files = export_onnx(g, exported, job.sizes[0])
+        job.report(f"checking {g.name} in ONNX Runtime against torch at {', '.join(f'{w}x{h}' for w, h in job.sizes)}")
+        checks += check_against_torch(g, exported / files[0], list(job.sizes), "fp32")
+        recipe = component_recipe(job.cfg.precision, g.name)
+        if job.quantized:
+            job.report(f"quantizing {g.name}: {recipe}")
+        record = quantize_component(recipe, exported / files[0], job.staging / f"{g.name}.onnx",
+                                    _component_feeds(calib, g.name), target_psnr=job.cfg.target_psnr,
+                                    int8_layout=job.cfg.int8_layout, report=job.report)
+        if job.quantized:
+            recipes[g.name] = record
+        onnx_files = tuple(p.name for p in (job.staging / f"{g.name}.onnx", job.staging / f"{g.name}.onnx.data")
+                           if p.exists())
+        files = job.target.compile(CompileJob(job.staging, g.name, onnx_files, g, job.sizes, job.cfg.precision,
+                                              job.report))
+        components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
+                              "precision": recipe, "inputs": g.inputs, "outputs": g.outputs}
+    shutil.rmtree(exported)
+    shutil.rmtree(job.staging / CALIBRATION_DIR, ignore_errors=True)
+    return components, checks, recipes
+
+
+def _manifest_body(job: _Job, tokenizer: dict | None, components: dict[str, dict]) -> dict:
+    cfg, model, target = job.cfg, job.model, job.target
+    (job.staging / "scheduler_config.json").write_text(json.dumps(dict(model.scheduler_config), indent=2) + "\n")
+    return {
+        "family": model.family, "target": target.name, "precision": cfg.precision,
+        "producer": producer(),
+        "source": {"format": model.source.format, "name": Path(cfg.model).name, "sha256": model.source.sha256},
+        "backend": {"name": target.backend, "onnx_opset": OPSET, "versions": target.versions()},
+        "device_constraints": target.device_constraints(),
+        "latent": model.latent.to_manifest(),
+        "autoencoder": {"kind": model.autoencoder_kind},
+        "conditioning": model.conditioning.to_manifest(),
+        "guidance": _guidance_entry(model, cfg),
+        "unet_concat": list(model.unet_concat),
+        "resolution": resolution_entry(model, list(job.sizes)),
+        "scheduler": dict(model.scheduler_config),
+        **({"tokenizer": tokenizer} if tokenizer else {}),
+        "components": components,
+    }
+
+
 def _guidance_entry(model: LoadedModel, cfg: BuildConfig) -> dict:
     """The manifest's ``guidance``: the family's rule, and for guided families the scale ``ldm-run generate``
     uses when none is given (the scale an automatic calibration also samples at)."""
-    if model.guidance["rule"] == "never":
-        return dict(model.guidance)
+    if model.guidance.rule == "never":
+        return model.guidance.to_manifest()
     from .calibration import default_guidance
 
     scale = cfg.guidance if cfg.guidance is not None else default_guidance(cfg.model)
-    return {**model.guidance, "default_scale": float(scale)}
+    return {**model.guidance.to_manifest(), "default_scale": float(scale)}
 
 
-def _calibration_set(cfg: BuildConfig, model: LoadedModel, scratch: Path, report: Callable[[str], None]):
-    """The calibration set given with --calibration (checked against the model), or a small one collected now."""
-    from .calibration import CalibrationSet, collect
+def _golden_vectors(job: _Job) -> tuple[dict, dict]:
+    """The torch reference's golden vectors at the smallest declared size, and the manifest's ``golden``."""
+    job.report(f"recording golden vectors ({job.cfg.golden.steps} DDIM steps of the torch reference)")
+    w, h = min(job.sizes, key=lambda s: s[0] * s[1])
+    req = family_request(job.model, job.cfg.golden, w, h)
+    return golden_arrays(job.model, list(job.graphs), req), req.to_manifest("golden/golden.npz")
 
-    if cfg.calibration is not None:
-        report(f"reading calibration set {cfg.calibration}")
-        return CalibrationSet.open(cfg.calibration, model_sha256=model.source_sha256)
-    report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
-    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=report,
-            guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
-    return CalibrationSet.open(scratch, model_sha256=model.source_sha256)
+
+def _quantized_golden(job: _Job, manifest: dict, arrays: dict, recipes: dict[str, dict],
+                      calib_summary: dict | None) -> dict:
+    """A quantized bundle's own golden vectors (in ``arrays``, in place), its recipe file, and the manifest's
+    ``quantization`` section with the distance to fp32 torch."""
+    from .quantized_golden import own_golden
+
+    job.report("recording the quantized bundle's own golden vectors (ONNX Runtime, CPU)")
+    vs_fp32 = own_golden(job.staging, manifest, arrays, list(job.graphs))
+    (job.staging / "recipe.json").write_text(json.dumps(recipes, indent=1, default=float) + "\n")
+    for line in _quality_lines(job.cfg.precision, vs_fp32):
+        job.report(line)
+    return {"recipe": job.cfg.precision, "file": "recipe.json",
+            "components": {n: _recipe_summary(r) for n, r in recipes.items()},
+            "calibration": calib_summary, "vs_fp32": vs_fp32}
 
 
 def _component_feeds(calib, name: str):
@@ -233,3 +255,4 @@ def _quality_lines(precision: str, vs_fp32: dict) -> list[str]:
     flag = "" if img >= q.image_psnr_db else f"  BELOW the {precision} target {q.image_psnr_db:g} dB"
     lines.append(f"  golden image: {img:.1f} dB vs fp32 torch{flag}")
     return lines
+

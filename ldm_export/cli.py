@@ -9,16 +9,18 @@ import json
 import signal
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ldm_runtime.cli import user_errors
 
-from .build import PRECISIONS, BuildConfig, parse_resolution
+from .build import PRECISIONS, BuildConfig
 from .demo import GUIDANCE as DEMO_GUIDANCE
 from .demo import MODEL_DIR as DEMO_MODEL
-from .golden import GoldenConfig
+from .golden import GOLDEN
+from .resolution import parse_resolution
 from .targets import TARGETS
 
 
@@ -100,9 +102,9 @@ def source_options(fn):
               help="The default classifier-free guidance scale recorded in the bundle: what `ldm-run generate` "
                    "uses without --guidance, and the scale an automatic calibration samples at. Default: 1.5 for "
                    "the embedded demo model (its documented scale), 7.5 (Stable Diffusion's) otherwise.")
-@click.option("--golden-prompt", default=GoldenConfig.prompt, show_default=True,
+@click.option("--golden-prompt", default=GOLDEN.prompt, show_default=True,
               help="Prompt of the reference trajectory stored as golden vectors.")
-@click.option("--golden-steps", default=GoldenConfig.steps, show_default=True, type=click.IntRange(1, 50))
+@click.option("--golden-steps", default=GOLDEN.steps, show_default=True, type=click.IntRange(1, 50))
 @click.option("--unet", "f_unet", metavar="PKG.MODULE:FN", help="Factory of a custom UNet (MODEL is then a "
               "custom model .json; see docs/custom_models.md for the call signatures).")
 @click.option("--decoder", "f_decoder", metavar="PKG.MODULE:FN", help="Factory of a custom decoder.")
@@ -124,7 +126,7 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       factories=tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder),
                                                           ("encoder", f_encoder), ("text_encoder", f_text)) if v),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
-                      golden=GoldenConfig(prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
+                      golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout,
                       guidance=guidance)
     stage = [0]
@@ -159,14 +161,16 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
     _quiet_libraries()
     from ldm_runtime.runners.onnxruntime import resolve_providers
 
-    from .parity import DEFAULT_PROMPTS, ParityConfig, format_parity, run_parity
+    from ldm_runtime.request import Request
 
-    cfg = ParityConfig(bundle=Path(bundle), reference=_model_path(reference), config=_opt_path(config),
-                       tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
-                       prompts=prompts or DEFAULT_PROMPTS,
-                       seeds=seeds or (0, 42), steps=steps, guidance_scale=guidance, eta=eta, width=width,
-                       height=height, providers=tuple(resolve_providers(provider)))
-    report = run_parity(cfg, report_line=lambda m: click.echo(m, err=True))
+    from .parity import DEFAULT_PROMPTS, ParitySweep, format_parity, run_parity
+
+    sweep = ParitySweep(bundle=Path(bundle), reference=_model_path(reference), config=_opt_path(config),
+                        tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
+                        prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
+                        base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height),
+                        providers=tuple(resolve_providers(provider)))
+    report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
     sys.exit(0 if report.ok else 1)
 

@@ -18,10 +18,10 @@ from ldm_runtime.errors import ParityError
 from ldm_runtime.metrics import compare
 from ldm_runtime.tolerances import component_tolerance
 
-from .loading import LoadedModel
+from .model import LoadedModel
+from .onnx_io import TWO_GB, serialized_size
 
 OPSET = 17
-TWO_GB = 2**31
 
 
 def _torch():
@@ -81,70 +81,98 @@ def _f32(*shape) -> dict:
 
 def component_graphs(model: LoadedModel) -> list[ComponentGraph]:
     """The components of ``model`` with fixed IO names, in the order they are exported."""
-    c, f = model.latent_channels, model.vae_factor
-    lat = ("batch", c, "latent_height", "latent_width")
-    graphs: list[ComponentGraph] = []
-    cond = model.conditioning
+    graphs = [g for g in (_text_encoder(model), _class_embedder(model)) if g is not None]
+    graphs.append(_unet(model))
+    graphs.append(_decoder(model))
+    encoder = _encoder(model)
+    return graphs + ([encoder] if encoder is not None else [])
 
-    if cond["kind"] == "text":
-        L, H = model.text_max_length, model.text_hidden_size
-        vocab = int(model.text_encoder.config.vocab_size)
-        graphs.append(ComponentGraph(
-            "text_encoder", _wrap(lambda m, ids: m(ids)[0], model.text_encoder),
-            {"input_ids": {"dtype": "int64", "shape": ["batch", L]}}, {"text_embeddings": _f32("batch", L, H)},
-            lambda b, w, h, rng: {"input_ids": rng.integers(0, vocab, (b, L)).astype(np.int64)}, spatial=False))
-    if cond["kind"] == "class" and cond.get("via") == "context":
-        n, d = cond["num_classes"], model.class_embedder.embedding_dim
-        graphs.append(ComponentGraph(
-            "class_embedder", _wrap(lambda m, labels: m(labels)[:, None, :], model.class_embedder),
-            {"class_labels": {"dtype": "int64", "shape": ["batch"]}}, {"context": _f32("batch", 1, d)},
-            lambda b, w, h, rng: {"class_labels": rng.integers(0, n, (b,)).astype(np.int64)}, spatial=False))
 
-    # UNet: latents (+ concatenated channels), timestep, and the conditioning input it takes.
-    extra_in: dict[str, dict] = {}
-    if cond["kind"] == "text":
-        extra_in["encoder_hidden_states"] = _f32("batch", model.text_max_length, model.text_hidden_size)
-    elif cond["kind"] == "class" and cond.get("via") == "context":
-        extra_in["encoder_hidden_states"] = _f32("batch", 1, model.class_embedder.embedding_dim)
-    elif cond["kind"] == "class":
-        extra_in["class_labels"] = {"dtype": "int64", "shape": ["batch"]}
-    unet_c = int(model.unet.config.in_channels)
+def _text_encoder(model: LoadedModel) -> ComponentGraph | None:
+    if model.text is None:
+        return None
+    L, H, vocab = model.text.max_length, model.text.hidden_size, model.text.vocab_size
+    return ComponentGraph(
+        "text_encoder", _wrap(lambda m, ids: m(ids)[0], model.modules.text_encoder),
+        {"input_ids": {"dtype": "int64", "shape": ["batch", L]}}, {"text_embeddings": _f32("batch", L, H)},
+        lambda b, w, h, rng: {"input_ids": rng.integers(0, vocab, (b, L)).astype(np.int64)}, spatial=False)
 
-    def unet_inputs(b, w, h, rng, _extra=extra_in):
+
+def _class_embedder(model: LoadedModel) -> ComponentGraph | None:
+    c = model.classes
+    if c is None or c.via != "context":
+        return None
+    return ComponentGraph(
+        "class_embedder", _wrap(lambda m, labels: m(labels)[:, None, :], model.modules.class_embedder),
+        {"class_labels": {"dtype": "int64", "shape": ["batch"]}}, {"context": _f32("batch", 1, c.embed_dim)},
+        lambda b, w, h, rng: {"class_labels": rng.integers(0, c.num_classes, (b,)).astype(np.int64)}, spatial=False)
+
+
+def _unet_conditioning(model: LoadedModel) -> dict[str, dict]:
+    """The UNet's conditioning input: text embeddings, a class context, or class labels (or none)."""
+    if model.text is not None:
+        return {"encoder_hidden_states": _f32("batch", model.text.max_length, model.text.hidden_size)}
+    c = model.classes
+    if c is not None and c.via == "context":
+        return {"encoder_hidden_states": _f32("batch", 1, c.embed_dim)}
+    if c is not None:
+        return {"class_labels": {"dtype": "int64", "shape": ["batch"]}}
+    return {}
+
+
+def _unet(model: LoadedModel) -> ComponentGraph:
+    """Latents (+ concatenated channels), timestep, and the conditioning input it takes."""
+    extra_in = _unet_conditioning(model)
+    unet_c, f = model.unet_in_channels, model.latent.downsample_factor
+    num_classes = model.classes.num_classes if model.classes is not None else 0
+
+    def unet_inputs(b, w, h, rng):
         feeds = {"sample": rng.standard_normal((b, unet_c, h // f, w // f)).astype(np.float32),
                  "timestep": rng.integers(1, 1000, (b,)).astype(np.float32)}
-        for name, spec in _extra.items():
+        for name, spec in extra_in.items():
             if spec["dtype"] == "int64":
-                feeds[name] = rng.integers(0, cond["num_classes"], (b,)).astype(np.int64)
+                feeds[name] = rng.integers(0, num_classes, (b,)).astype(np.int64)
             else:
                 feeds[name] = rng.standard_normal([b] + spec["shape"][1:]).astype(np.float32)
         return feeds
 
-    graphs.append(ComponentGraph(
-        "unet", _wrap(_unet_forward(tuple(extra_in)), model.unet),
+    return ComponentGraph(
+        "unet", _wrap(_unet_forward(tuple(extra_in)), model.modules.unet),
         {"sample": _f32("batch", unet_c, "latent_height", "latent_width"), "timestep": _f32("batch"), **extra_in},
-        {"model_output": _f32(*lat)}, unet_inputs))
+        {"model_output": _latent(model)}, unet_inputs)
 
-    # Decoder: VQ models quantize inside the graph (nearest-codebook lookup), as the paper describes.
-    decoder = model.decoder if model.vae is None else model.vae
-    dec_forward = (lambda m, z: m(z)) if model.vae is None else (lambda m, z: m.decode(z, return_dict=False)[0])
-    graphs.append(ComponentGraph(
-        "vae_decoder", _wrap(dec_forward, decoder), {"latent": _f32(*lat)}, {"image": _f32("batch", 3, "height", "width")},
-        lambda b, w, h, rng: {"latent": rng.standard_normal((b, c, h // f, w // f)).astype(np.float32)}))
 
-    enc_outputs = {"latent_mean": _f32(*lat)}
-    if model.vae is None:
-        enc_forward, encoder = (lambda m, x: m(x)), model.encoder
+def _latent(model: LoadedModel) -> dict:
+    return _f32("batch", model.latent.channels, "latent_height", "latent_width")
+
+
+def _decoder(model: LoadedModel) -> ComponentGraph:
+    """VQ models quantize inside the graph (nearest-codebook lookup), as the paper describes."""
+    m = model.modules
+    decoder = m.decoder if m.vae is None else m.vae
+    dec_forward = (lambda m, z: m(z)) if m.vae is None else (lambda m, z: m.decode(z, return_dict=False)[0])
+    c, f = model.latent.channels, model.latent.downsample_factor
+    return ComponentGraph(
+        "vae_decoder", _wrap(dec_forward, decoder), {"latent": _latent(model)},
+        {"image": _f32("batch", 3, "height", "width")},
+        lambda b, w, h, rng: {"latent": rng.standard_normal((b, c, h // f, w // f)).astype(np.float32)})
+
+
+def _encoder(model: LoadedModel) -> ComponentGraph | None:
+    m = model.modules
+    enc_outputs = {"latent_mean": _latent(model)}
+    if m.vae is None:
+        enc_forward, encoder = (lambda m, x: m(x)), m.encoder
     elif model.autoencoder_kind == "vq":
-        enc_forward, encoder = (lambda m, x: m.encode(x, return_dict=False)[0]), model.vae
+        enc_forward, encoder = (lambda m, x: m.encode(x, return_dict=False)[0]), m.vae
     else:  # KL: the mean, and the std for samplers that draw from the posterior (inpainting)
-        enc_forward, encoder = _kl_encode, model.vae
-        enc_outputs["latent_std"] = _f32(*lat)
-    if encoder is not None:
-        graphs.append(ComponentGraph(
-            "vae_encoder", _wrap(enc_forward, encoder), {"image": _f32("batch", 3, "height", "width")}, enc_outputs,
-            lambda b, w, h, rng: {"image": rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)}))
-    return graphs
+        enc_forward, encoder = _kl_encode, m.vae
+        enc_outputs["latent_std"] = _latent(model)
+    if encoder is None:
+        return None
+    return ComponentGraph(
+        "vae_encoder", _wrap(enc_forward, encoder), {"image": _f32("batch", 3, "height", "width")}, enc_outputs,
+        lambda b, w, h, rng: {"image": rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32)})
 
 
 def torch_outputs(graph: ComponentGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -154,16 +182,6 @@ def torch_outputs(graph: ComponentGraph, feeds: dict[str, np.ndarray]) -> dict[s
         out = graph.module(*[torch.from_numpy(np.ascontiguousarray(feeds[k])) for k in graph.inputs])
     out = out if isinstance(out, tuple) else (out,)
     return {name: t.float().numpy() for name, t in zip(graph.outputs, out)}
-
-
-def _serialized_size(proto) -> int:
-    """The proto's size in bytes; protobuf's upb backend raises instead of returning a size over 2 GB."""
-    from google.protobuf.message import EncodeError
-
-    try:
-        return proto.ByteSize()
-    except EncodeError:
-        return TWO_GB + sum(len(t.raw_data) for t in proto.graph.initializer)
 
 
 def export_onnx(graph: ComponentGraph, out_dir: Path, trace_size: tuple[int, int]) -> list[str]:
@@ -184,7 +202,7 @@ def export_onnx(graph: ComponentGraph, out_dir: Path, trace_size: tuple[int, int
                 dynamo=False,
             )
         proto = onnx.load(str(raw), load_external_data=True)
-        if _serialized_size(proto) < TWO_GB:
+        if serialized_size(proto) < TWO_GB:
             onnx.save_model(proto, str(target))
             files = [target.name]
         else:

@@ -9,44 +9,42 @@ Keys in ``golden.npz``: ``<component>/in/<input>``, ``<component>/out/<output>``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from ldm_runtime.request import Request
+
 from .export import ComponentGraph, torch_outputs
-from .loading import LoadedModel
-from .reference import ReferenceRun, Request, reference_generate, text_ids
+from .model import LoadedModel
+from .reference import ReferenceRun, reference_generate, text_ids
 
 
-@dataclass(frozen=True)
-class GoldenConfig:
-    prompt: str = "a red circle on the left of a blue square"
-    negative_prompt: str = ""
-    seed: int = 0
-    steps: int = 5
-    guidance_scale: float = 7.5
-    eta: float = 0.0
+# The golden trajectory's request (its size is the bundle's smallest declared one).
+GOLDEN = Request(prompt="a red circle on the left of a blue square", steps=5, guidance_scale=7.5)
 
 
-def golden_request(model: LoadedModel, cfg: GoldenConfig, width: int, height: int) -> Request:
-    """The reference request for ``model``'s family (prompt, class, or a synthetic input image)."""
-    text = model.conditioning["kind"] == "text"
-    kw = dict(prompt=cfg.prompt if text else "", negative_prompt=cfg.negative_prompt if text else "",
-              steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, seed=cfg.seed, width=width,
-              height=height)
-    if model.conditioning["kind"] == "class":
-        kw["class_label"] = 0
-    if model.conditioning["kind"] == "class" and model.conditioning.get("null_class") is None:
-        kw["guidance_scale"] = 1.0
-    if model.guidance["rule"] == "never":
+def family_request(model: LoadedModel, req: Request, width: int, height: int) -> Request:
+    """``req`` at ``width`` x ``height`` as ``model``'s family takes it: the prompt only for text models, a class
+    (default 0) for class-conditional ones, guidance off where the family has none, a synthetic input image
+    (and mask) where the family needs one. The torch reference and the runtime both run the result."""
+    text = model.conditioning.kind == "text"
+    kw: dict = dict(prompt=req.prompt if text else "", negative_prompt=req.negative_prompt if text else "",
+                    width=width, height=height, class_label=None, image=None, mask=None)
+    classes = model.classes
+    if classes is not None:
+        kw["class_label"] = 0 if req.class_label is None else req.class_label
+        if classes.null_class is None:
+            kw["guidance_scale"] = 1.0
+    if model.guidance.rule == "never":
         kw["guidance_scale"] = 1.0
     if model.unet_concat:
-        f = model.vae_factor if "low_res_image" in model.unet_concat else 1
-        kw["image"] = synthetic_image(width // f, height // f, cfg.seed)
+        f = model.latent.downsample_factor if "low_res_image" in model.unet_concat else 1
+        kw["image"] = synthetic_image(width // f, height // f, req.seed)
     if "mask" in model.unet_concat:
         kw["mask"] = synthetic_mask(width, height)
-    return Request(**kw)
+    return replace(req, **kw)
 
 
 def synthetic_image(width: int, height: int, seed: int) -> np.ndarray:
@@ -68,18 +66,18 @@ def component_inputs(model: LoadedModel, run: ReferenceRun, req: Request) -> dic
     """A real input for every component, taken from the reference run."""
     inputs = dict(run.inputs)
     guided = "encoder_hidden_states" in run.inputs["unet"] and run.inputs["unet"]["sample"].shape[0] == 2
-    if model.conditioning["kind"] == "text":
+    if model.text is not None:
         texts = [req.negative_prompt, req.prompt] if guided else [req.prompt]
         inputs["text_encoder"] = {"input_ids": text_ids(model, texts)}
-    if model.conditioning.get("via") == "context":
-        labels = [model.conditioning["null_class"], req.class_label] if guided else [req.class_label]
+    if model.classes is not None and model.classes.via == "context":
+        labels = [model.classes.null_class, req.class_label] if guided else [req.class_label]
         inputs["class_embedder"] = {"class_labels": np.array(labels, dtype=np.int64)}
     return inputs
 
 
-def golden_arrays(model: LoadedModel, graphs: list[ComponentGraph], cfg: GoldenConfig, width: int,
-                  height: int) -> tuple[dict[str, np.ndarray], Request]:
-    req = golden_request(model, cfg, width, height)
+def golden_arrays(model: LoadedModel, graphs: list[ComponentGraph], req: Request) -> dict[str, np.ndarray]:
+    """The golden vectors of ``req`` (a :func:`family_request`): the reference trajectory, and every
+    component's torch outputs on an input taken from it."""
     run = reference_generate(model, req)
     inputs = component_inputs(model, run, req)
     arrays: dict[str, np.ndarray] = {
@@ -90,21 +88,12 @@ def golden_arrays(model: LoadedModel, graphs: list[ComponentGraph], cfg: GoldenC
     }
     if "text_encoder" in inputs:
         arrays["tokenizer/input_ids"] = inputs["text_encoder"]["input_ids"]
-    if req.image is not None:
-        arrays["request/image"] = req.image
-    if req.mask is not None:
-        arrays["request/mask"] = req.mask
+    arrays.update(req.arrays())
     for g in graphs:
         feeds = inputs[g.name]
         arrays.update({f"{g.name}/in/{k}": v for k, v in feeds.items()})
         arrays.update({f"{g.name}/out/{k}": v for k, v in torch_outputs(g, feeds).items()})
-    return arrays, req
-
-
-def manifest_entry(req: Request, file: str) -> dict:
-    return {"file": file, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "seed": req.seed,
-            "steps": req.steps, "guidance_scale": req.guidance_scale, "eta": req.eta, "width": req.width,
-            "height": req.height, "noise": "torch", "class_label": req.class_label}
+    return arrays
 
 
 def write_golden(path: Path, arrays: dict[str, np.ndarray]) -> None:

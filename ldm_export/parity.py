@@ -17,30 +17,30 @@ from pathlib import Path
 
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.metrics import compare, max_abs, psnr, tensor_psnr
-from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.pipeline import Components, Pipeline
+from ldm_runtime.request import Request
 from ldm_runtime.tolerances import COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES, quality_target
 
 from .export import component_graphs, torch_outputs
-from .golden import GoldenConfig, component_inputs, golden_request
+from .golden import component_inputs, family_request
 from .loading import load_model
-from .reference import Request, reference_generate
+from .reference import reference_generate
 
 DEFAULT_PROMPTS = ("a red circle on the left", "a small blue square above a green triangle",
                    "a photograph of an astronaut riding a horse")
 
 
 @dataclass(frozen=True)
-class ParityConfig:
+class ParitySweep:
+    """Compare ``bundle`` with ``reference`` on ``base`` (steps, guidance, eta, size) over prompts × seeds
+    (or class labels × seeds, or seeds: whatever the family takes)."""
+
     bundle: Path
     reference: Path
+    base: Request = Request(steps=20, guidance_scale=7.5)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     seeds: tuple[int, ...] = (0, 42)
     class_labels: tuple[int, ...] = (0,)
-    steps: int = 20
-    guidance_scale: float = 7.5
-    eta: float = 0.0
-    width: int | None = None
-    height: int | None = None
     providers: tuple[str, ...] | None = None
     config: Path | None = None      # original YAML when the reference is a single-file checkpoint
     tokenizer: Path | None = None
@@ -78,43 +78,34 @@ def _component_rows(pipeline: Pipeline, graphs, inputs, precision: str) -> list[
     return rows
 
 
-def _requests(model, cfg: ParityConfig, width: int, height: int) -> list[Request]:
+def _requests(model, sweep: ParitySweep, width: int, height: int) -> list[Request]:
     """The cases to compare: prompts × seeds, class labels × seeds, or seeds (with a synthetic input image)."""
-    out = []
-    for seed in cfg.seeds:
-        base = golden_request(model, GoldenConfig(seed=seed, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                                                  eta=cfg.eta), width, height)
-        if model.conditioning["kind"] == "text":
-            out += [replace(base, prompt=p) for p in cfg.prompts]
-        elif model.conditioning["kind"] == "class":
-            out += [replace(base, class_label=c) for c in cfg.class_labels]
-        else:
-            out.append(base)
-    return out
+    kind = model.conditioning.kind
+    variants = ([{"prompt": p} for p in sweep.prompts] if kind == "text"
+                else [{"class_label": c} for c in sweep.class_labels] if kind == "class" else [{}])
+    return [family_request(model, replace(sweep.base, seed=seed, **v), width, height)
+            for seed in sweep.seeds for v in variants]
 
 
-def run_parity(cfg: ParityConfig, report_line=lambda msg: None) -> ParityReport:
-    bundle = open_bundle(cfg.bundle)
+def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport:
+    bundle = open_bundle(sweep.bundle)
     precision = bundle.manifest["precision"]
-    options = {"providers": list(cfg.providers)} if cfg.providers else {}
+    options = {"providers": list(sweep.providers)} if sweep.providers else {}
     pipeline = Pipeline(bundle, Components(bundle, **options))
-    model = load_model(cfg.reference, cfg.config, cfg.tokenizer)
-    width, height = pipeline.resolve_size(cfg.width, cfg.height)
+    model = load_model(sweep.reference, sweep.config, sweep.tokenizer)
+    width, height = pipeline.resolve_size(sweep.base.width, sweep.base.height)
     report = ParityReport()
-    if model.source_sha256 != bundle.manifest["source"]["sha256"]:
+    if model.source.sha256 != bundle.manifest["source"]["sha256"]:
         report.notes.append("the reference model's hash differs from the one the bundle was built from")
     graphs = component_graphs(model)
     traj_tol, img_tol = TRAJECTORY_TOLERANCES[precision], IMAGE_TOLERANCES[precision]
-    for req in _requests(model, cfg, width, height):
+    for req in _requests(model, sweep, width, height):
         label = req.prompt or (f"class {req.class_label}" if req.class_label is not None else model.family)
         report_line(f"parity: {label!r} seed {req.seed}")
         ref = reference_generate(model, req)
         if not report.components:
             report.components = _component_rows(pipeline, graphs, component_inputs(model, ref, req), precision)
-        run = pipeline.generate(GenerateConfig(
-            prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps,
-            guidance_scale=req.guidance_scale, eta=req.eta, seed=req.seed, width=req.width, height=req.height,
-            class_label=req.class_label, image=req.image, mask=req.mask), trace=True)
+        run = pipeline.generate(req, trace=True)
         drift = [compare(a, b) for a, b in zip(run.latents, ref.latents)]
         first = next((i for i, d in enumerate(drift, 1)
                       if d["rel_l2"] > traj_tol.rel_l2 or d["cosine"] < traj_tol.min_cosine), None)

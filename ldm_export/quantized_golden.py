@@ -19,7 +19,8 @@ import numpy as np
 from ldm_runtime.bundle import Bundle
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
-from ldm_runtime.verify import golden_request, golden_tensors
+from ldm_runtime.request import Request
+from ldm_runtime.verify import golden_tensors
 
 TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image")
 
@@ -38,7 +39,7 @@ def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], gra
                 arrays[f"{g.name}/out/{out}"] = got[out]
                 label = g.name if len(g.outputs) == 1 else f"{g.name}.{out}"
                 vs_fp32["components"][label] = round(tensor_psnr(got[out], ref), 2)
-        result = pipeline.generate(golden_request(manifest, arrays), trace=True)
+        result = pipeline.generate(Request.from_manifest(manifest["golden"], arrays), trace=True)
     finally:
         pipeline.components.release_all()
     for key in TRAJECTORY_KEYS:

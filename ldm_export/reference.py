@@ -16,22 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .loading import LoadedModel
+from ldm_runtime.request import Request
 
-
-@dataclass(frozen=True)
-class Request:
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = 20
-    guidance_scale: float = 7.5
-    eta: float = 0.0
-    seed: int = 0
-    width: int = 64
-    height: int = 64
-    class_label: int | None = None
-    image: np.ndarray | None = None   # uint8 (H, W, 3)
-    mask: np.ndarray | None = None    # uint8 (H, W)
+from .model import LoadedModel
 
 
 @dataclass
@@ -53,8 +40,8 @@ def text_ids(model: LoadedModel, texts: list[str]) -> np.ndarray:
     """Token ids exactly as the reference pipeline tokenizes (transformers)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model.tokenizer_dir)
-    return tok(texts, padding="max_length", max_length=model.text_max_length, truncation=True,
+    tok = AutoTokenizer.from_pretrained(model.text.tokenizer_dir)
+    return tok(texts, padding="max_length", max_length=model.text.max_length, truncation=True,
                return_tensors="np").input_ids.astype(np.int64)
 
 
@@ -118,10 +105,9 @@ class _Recorder:
 
 
 def _unet_extra(model: LoadedModel) -> tuple[str, ...]:
-    kind = model.conditioning["kind"]
-    if kind == "text" or (kind == "class" and model.conditioning.get("via") == "context"):
+    if model.text is not None or (model.classes is not None and model.classes.via == "context"):
         return ("encoder_hidden_states",)
-    return ("class_labels",) if kind == "class" else ()
+    return ("class_labels",) if model.classes is not None else ()
 
 
 def _pipeline_call(model: LoadedModel, req: Request, generator) -> dict:
@@ -133,7 +119,7 @@ def _pipeline_call(model: LoadedModel, req: Request, generator) -> dict:
         return dict(image=Image.fromarray(req.image), **common)
     if family == "unconditional":
         return dict(batch_size=1, **common)
-    if model.conditioning.get("encoder") == "ldmbert":
+    if model.text is not None and model.text.encoder == "ldmbert":
         return dict(prompt=req.prompt, guidance_scale=req.guidance_scale, height=req.height, width=req.width,
                     **common)
     kw = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, guidance_scale=req.guidance_scale,
@@ -149,10 +135,12 @@ def reference_generate(model: LoadedModel, req: Request, record_all: bool = Fals
     import torch
     from diffusers import DDIMScheduler
 
+    if req.guidance_scale is None or req.width is None or req.height is None:  # our bug, not the user's
+        raise ValueError(f"the reference needs a complete request (golden.family_request); got {req}")
     if model.reference_pipeline is None:
         return _own_loop(model, req, record_all)
     pipe = model.reference_pipeline
-    pipe.scheduler = DDIMScheduler.from_config(model.scheduler_config)
+    pipe.scheduler = DDIMScheduler.from_config(dict(model.scheduler_config))
     vae = getattr(pipe, "vae", None) or pipe.vqvae
     generator = torch.Generator().manual_seed(req.seed)
     rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator, record_all)
@@ -178,46 +166,54 @@ def _finish(model: LoadedModel, timesteps, rec: _Recorder, image01: np.ndarray) 
 def _own_loop(model: LoadedModel, req: Request, record_all: bool = False) -> ReferenceRun:
     """The DDIM sampler of the original repository, written with diffusers' scheduler, for models that
     have no diffusers pipeline (class-conditional, custom modules). Draws noise in the same order as
-    diffusers' pipelines; guidance per the model's rule, unconditional row first."""
+    diffusers' pipelines; classifier-free guidance with the unconditional row first when the family's
+    rule (written out here, independently of the runtime's table) turns it on."""
     import torch
     from diffusers import DDIMScheduler
 
-    from ldm_runtime.pipeline import GUIDANCE_RULES
-
-    cond = model.conditioning
-    scheduler = DDIMScheduler.from_config(model.scheduler_config)
-    rec = _Recorder(scheduler, model.unet, model.vae, _unet_extra(model), record_all=record_all)
-    guided = GUIDANCE_RULES[model.guidance["rule"]](req.guidance_scale)
-    with torch.no_grad():
-        if cond["kind"] == "text":
-            ids = text_ids(model, [req.negative_prompt, req.prompt] if guided else [req.prompt])
-            extra = {"encoder_hidden_states": model.text_encoder(torch.from_numpy(ids))[0]}
-        elif cond["kind"] == "class":
-            labels = torch.tensor([cond["null_class"], req.class_label] if guided else [req.class_label])
-            extra = ({"encoder_hidden_states": model.class_embedder(labels)[:, None, :]}
-                     if cond.get("via") == "context" else {"class_labels": labels})
-        else:
-            extra = {}
-    f = model.vae_factor
+    m = model.modules
+    scheduler = DDIMScheduler.from_config(dict(model.scheduler_config))
+    rec = _Recorder(scheduler, m.unet, m.vae, _unet_extra(model), record_all=record_all)
+    rule = model.guidance.rule
+    guided = (rule == "greater_than_one" and req.guidance_scale > 1) or (rule == "not_one" and req.guidance_scale != 1)
+    extra = _own_conditioning(model, req, guided)
+    f = model.latent.downsample_factor
     g = torch.Generator().manual_seed(req.seed)
     try:
         with torch.no_grad():
-            latents = torch.randn((1, model.latent_channels, req.height // f, req.width // f), generator=g)
+            latents = torch.randn((1, model.latent.channels, req.height // f, req.width // f), generator=g)
             scheduler.set_timesteps(req.steps)
             for t in scheduler.timesteps:
                 x = torch.cat([latents, latents]) if guided else latents
-                out = model.unet(x, t, **extra, return_dict=False)[0]
+                out = m.unet(x, t, **extra, return_dict=False)[0]
                 if guided:
                     e_null, e_cond = out.chunk(2)
                     out = e_null + req.guidance_scale * (e_cond - e_null)
                 latents = scheduler.step(out, t, latents, eta=req.eta, generator=g).prev_sample
-            z = latents / model.scaling_factor
-            if model.vae is None:
-                decoded = model.decoder(z)
+            z = latents / model.latent.scaling_factor
+            if m.vae is None:
+                decoded = m.decoder(z)
                 rec.decoder_in, rec.decoder_out = _np(z), _np(decoded)
             else:
-                decoded = model.vae.decode(z, return_dict=False)[0]
+                decoded = m.vae.decode(z, return_dict=False)[0]
             image = (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()[0]
     finally:
         rec.close()
     return _finish(model, scheduler.timesteps, rec, image)
+
+
+def _own_conditioning(model: LoadedModel, req: Request, guided: bool) -> dict:
+    """The UNet's conditioning keyword arguments for :func:`_own_loop` (unconditional row first)."""
+    import torch
+
+    with torch.no_grad():
+        if model.text is not None:
+            ids = text_ids(model, [req.negative_prompt, req.prompt] if guided else [req.prompt])
+            return {"encoder_hidden_states": model.modules.text_encoder(torch.from_numpy(ids))[0]}
+        if model.classes is not None:
+            c = model.classes
+            labels = torch.tensor([c.null_class, req.class_label] if guided else [req.class_label])
+            if c.via == "context":
+                return {"encoder_hidden_states": model.modules.class_embedder(labels)[:, None, :]}
+            return {"class_labels": labels}
+    return {}

@@ -24,9 +24,10 @@ import numpy as np
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import psnr, tensor_psnr
-from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.pipeline import Components, Pipeline
+from ldm_runtime.request import Request
 from ldm_runtime.tolerances import quality_target
-from ldm_runtime.verify import golden_request, golden_tensors, load_golden
+from ldm_runtime.verify import golden_tensors, load_golden
 
 from .demo import GUIDANCE as DEMO_GUIDANCE
 
@@ -86,7 +87,7 @@ def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
             label = name if len(comp["outputs"]) == 1 else f"{name}.{out}"
             row.component_psnr_db[label] = tensor_psnr(got[out], _torch_ref(golden, name, out))
     ref_image = golden.get("reference/image", golden["trajectory/image"])
-    result = pipeline.generate(golden_request(m, golden))
+    result = pipeline.generate(Request.from_manifest(m["golden"], golden))
     row.golden_image_psnr_db = psnr(result.image, ref_image, 255.0)
     return row, pipeline
 
@@ -96,8 +97,7 @@ def adherence_images(pipeline: Pipeline, prompts: list[str], seeds: int, steps: 
     images = []
     for p in prompts:
         for s in range(seeds):
-            images.append(pipeline.generate(GenerateConfig(prompt=p, steps=steps, guidance_scale=guidance,
-                                                           seed=s)).image)
+            images.append(pipeline.generate(Request(prompt=p, steps=steps, guidance_scale=guidance, seed=s)).image)
             if progress is not None:
                 progress.update(1)
     return images

@@ -16,14 +16,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from ldm_runtime.bundle import sha256_file
 from ldm_runtime.errors import UserError
+from ldm_runtime.request import Request
 
-from .. import __version__
+from ..provenance import producer
 from ..bundle import staging_folder
 from .format import FORMAT, FORMAT_VERSION, MANIFEST, record_key
 from .prompt_sets import AUTO, PromptSet, default_guidance, load_prompts, resolve_spec
@@ -94,17 +94,9 @@ def _prompt_order(prompts: PromptSet, samples: int, rng: np.random.Generator) ->
 
 
 def _class_labels(model, samples: int, rng: np.random.Generator) -> list[int]:
-    cond = model.conditioning
-    labels = [c for c in range(cond["num_classes"]) if c != cond.get("null_class")]
+    cond = model.classes
+    labels = [c for c in range(cond.num_classes) if c != cond.null_class]
     return [labels[i] for i in rng.integers(0, len(labels), samples)]
-
-
-def _producer() -> dict:
-    import diffusers
-    import torch
-
-    return {"name": "ldm-export", "version": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "numpy": np.__version__}
 
 
 def _coverage(timesteps: list[int], train_steps: int) -> dict:
@@ -127,9 +119,9 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     it, 7.5 otherwise. ``report`` receives a line per stage and turns on a progress
     bar over the samples (stderr); None keeps quiet.
     """
-    from ..build import check_resolutions
     from ..export import component_graphs
     from ..loading import load_model
+    from ..resolution import check_resolutions
 
     say = report or (lambda msg: None)
     _check_counts(samples, steps, per_trajectory)
@@ -161,10 +153,10 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             p.chmod(0o644)
             files[p.name] = sha256_file(p)
         manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "producer": _producer(),
-            "model": {"name": Path(model_path).name, "family": model.family, "sha256": model.source_sha256},
+            "format": FORMAT, "format_version": FORMAT_VERSION, "producer": producer(),
+            "model": {"name": Path(model_path).name, "family": model.family, "sha256": model.source.sha256},
             "prompts": ({"set": prompt_set.name, "sha256": prompt_set.sha256, "count": len(prompt_set.prompts)}
-                        if model.conditioning["kind"] == "text" else None),
+                        if model.text is not None else None),
             "sampler": "ddim", "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "eta": 0.0,
             "classifier_free_guidance": components["unet"]["inputs"]["sample"]["shape"][0] == 2,
             "samples": samples, "per_trajectory": per_trajectory, "resolution": list(size),
@@ -182,17 +174,14 @@ def _requests(model, prompt_set: PromptSet, samples: int, rng: np.random.Generat
               guidance_scale: float, size: tuple[int, int]) -> list:
     """The reference request of every trajectory: prompt (or class label), seed ``seed + k``, the family's
     guidance rule and input images as for the golden vectors."""
-    from ..golden import GoldenConfig, golden_request
+    from ..golden import family_request
 
-    kind = model.conditioning["kind"]
+    kind = model.conditioning.kind
     texts = _prompt_order(prompt_set, samples, rng) if kind == "text" else [""] * samples
     labels = _class_labels(model, samples, rng) if kind == "class" else [None] * samples
-    out = []
-    for k in range(samples):
-        cfg = GoldenConfig(prompt=texts[k], seed=seed + k, steps=steps, guidance_scale=guidance_scale)
-        req = golden_request(model, cfg, *size)
-        out.append(replace(req, class_label=labels[k]) if kind == "class" else req)
-    return out
+    return [family_request(model, Request(prompt=texts[k], seed=seed + k, steps=steps, guidance_scale=guidance_scale,
+                                          class_label=labels[k]), *size)
+            for k in range(samples)]
 
 
 def _record_trajectory(model, k: int, req, picks: list[int], writers: dict[str, _ShardWriter],
@@ -212,9 +201,9 @@ def _record_trajectory(model, k: int, req, picks: list[int], writers: dict[str, 
             writers[name].add({n: feeds[n] for n in graphs[name]})
     entry = {"sample": k, "seed": req.seed, "steps": picks,
              "timesteps": [int(run.timesteps[i]) for i in picks]}
-    if model.conditioning["kind"] == "text":
+    if model.conditioning.kind == "text":
         entry["prompt"] = req.prompt
-    if model.conditioning["kind"] == "class":
+    if model.conditioning.kind == "class":
         entry["class_label"] = req.class_label
     return entry
 

@@ -5,10 +5,9 @@ Every recipe reads an fp32 ONNX file and writes a new one, and returns a JSON-se
 what was done. See docs/quantization.md.
 """
 
-from .common import model_size_bytes, output_metrics, output_psnr, run_onnx
+from .common import output_metrics, output_psnr, run_onnx
 from .fp16 import fp16
 from .int8 import Calibration, calibrate, int8
 from .mixed import mixed
 
-__all__ = ["Calibration", "calibrate", "fp16", "int8", "mixed", "model_size_bytes", "output_metrics", "output_psnr",
-           "run_onnx"]
+__all__ = ["Calibration", "calibrate", "fp16", "int8", "mixed", "output_metrics", "output_psnr", "run_onnx"]

@@ -30,8 +30,8 @@ import numpy as np
 
 from ldm_runtime.errors import UserError
 
-from .common import (Feeds, Report, Session, _say, ensure_node_names, external_data_files, float_tensor_types,
-                     infer_types, load, model_size_bytes, output_metrics, run_onnx, save)
+from ..onnx_io import external_data_files, load, model_size_bytes, save
+from .common import (Feeds, Report, Session, _say, ensure_node_names, float_tensor_types, infer_types, output_metrics, run_onnx)
 
 FP16_MAX = 65504.0
 FLOAT, FLOAT16 = 1, 10

@@ -40,8 +40,8 @@ import numpy as np
 
 from ldm_runtime.errors import UserError
 
-from .common import (WEIGHTED_OPS, Feeds, Report, _say, block_names, ensure_node_names, external_data_files,
-                     model_size_bytes, output_metrics, run_onnx, save, session_options, weighted_nodes)
+from ..onnx_io import external_data_files, model_size_bytes, save
+from .common import (WEIGHTED_OPS, Feeds, Report, _say, block_names, ensure_node_names, output_metrics, run_onnx, session_options, weighted_nodes)
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIBRATION = "minmax"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from ldm_runtime.errors import UserError
 
-from .common import (Feeds, Report, Session, _num, _say, block_names, external_data_files, model_size_bytes,
-                     output_metrics, output_psnr, save, weighted_nodes)
+from ..onnx_io import external_data_files, model_size_bytes, save
+from .common import Feeds, Report, Session, _num, _say, block_names, output_metrics, output_psnr, weighted_nodes
 from .int8 import (DEFAULT_CALIBRATION, DEFAULT_LAYOUT, DEFAULT_PERCENTILE, Calibration, _check_layout, _typed_model,
                    calibrate, quantize_qdq)
 

@@ -31,9 +31,12 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 from ldm_runtime.errors import UserError
+
+from ..model import (Conditioning, Guidance, Latent, LoadedModel, Modules, Source, Text, hash_paths,
+                     sample_size)
 
 FACTORY_KEYS = ("unet", "decoder", "encoder", "text_encoder")
 REQUIRED = ("unet", "decoder", "scheduler", "latent_channels", "downsample_factor", "scaling_factor",
@@ -65,13 +68,13 @@ def _build(spec: str, what: str):
 
 
 def _adapters():
-    """Give custom modules the small diffusers-like surface the exporter and reference loop use."""
+    """Give custom modules the small diffusers-like call surface the exporter and reference loop use."""
     import torch
 
     class UNetAdapter(torch.nn.Module):
-        def __init__(self, m, config):
+        def __init__(self, m):
             super().__init__()
-            self.m, self.config = m, config
+            self.m = m
 
         def forward(self, sample, timestep, encoder_hidden_states=None, return_dict=False, **_):
             t = timestep.float().reshape(-1).expand(sample.shape[0])
@@ -79,9 +82,9 @@ def _adapters():
             return (self.m(*args),)
 
     class TextAdapter(torch.nn.Module):
-        def __init__(self, m, config):
+        def __init__(self, m):
             super().__init__()
-            self.m, self.config = m, config
+            self.m = m
 
         def forward(self, input_ids, *_, **__):
             out = self.m(input_ids)
@@ -90,45 +93,55 @@ def _adapters():
     return UNetAdapter, TextAdapter
 
 
-def load_custom(path: Path, overrides: dict[str, str | None] | None = None):
-    """Load a custom model description (and/or factory overrides) into a LoadedModel."""
-    import torch
-
-    from ..loading import LoadedModel, hash_paths
-
+def _read_description(path: Path, overrides: dict[str, str | None] | None) -> dict:
     try:
         desc = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"cannot read the custom model description {path}: {e}") from e
+    if not isinstance(desc, dict):
+        raise UserError(f"{path}: a custom model description is a JSON object; got {type(desc).__name__}")
     desc.update({k: v for k, v in (overrides or {}).items() if v})
     missing = [k for k in REQUIRED if k not in desc]
     if missing:
         raise UserError(f"{path}: the custom model description lacks {', '.join(missing)}")
+    return desc
+
+
+def _text(path: Path, desc: dict, adapter) -> tuple[Any, Text]:
+    """The wrapped text encoder and its facts, probed with one forward pass."""
+    import torch
+
+    if "tokenizer" not in desc:
+        raise UserError(f"{path}: a text encoder needs a 'tokenizer' folder")
+    tokenizer_dir = (Path(path).parent / desc["tokenizer"]).resolve()
+    raw = _build(desc["text_encoder"], "text encoder")
+    with torch.no_grad():
+        probe = raw(torch.zeros(1, int(desc.get("max_length", 77)), dtype=torch.long))
+    probe = probe[0] if isinstance(probe, tuple) else probe
+    vocab_file = tokenizer_dir / "vocab.json"
+    vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else {}
+    text = Text(encoder="clip", tokenizer_dir=tokenizer_dir, max_length=int(probe.shape[1]),
+                hidden_size=int(probe.shape[2]), vocab_size=len(vocab) or 1)
+    return adapter(raw), text
+
+
+def load_custom(path: Path, overrides: dict[str, str | None] | None = None) -> LoadedModel:
+    """Load a custom model description (and/or factory overrides) into a LoadedModel."""
+    desc = _read_description(path, overrides)
     UNetAdapter, TextAdapter = _adapters()
-    text = "text_encoder" in desc
     c = int(desc["latent_channels"])
-    unet = UNetAdapter(_build(desc["unet"], "unet"),
-                       SimpleNamespace(in_channels=c, sample_size=int(desc["sample_size"]), block_out_channels=None))
-    text_encoder, tokenizer_dir, conditioning = None, None, {"kind": "none"}
-    if text:
-        if "tokenizer" not in desc:
-            raise UserError(f"{path}: a text encoder needs a 'tokenizer' folder")
-        tokenizer_dir = (Path(path).parent / desc["tokenizer"]).resolve()
-        raw = _build(desc["text_encoder"], "text encoder")
-        with torch.no_grad():
-            probe = raw(torch.zeros(1, int(desc.get("max_length", 77)), dtype=torch.long))
-        probe = probe[0] if isinstance(probe, tuple) else probe
-        vocab = json.loads((tokenizer_dir / "vocab.json").read_text()) if (tokenizer_dir / "vocab.json").exists() else {}
-        text_encoder = TextAdapter(raw, SimpleNamespace(max_position_embeddings=probe.shape[1],
-                                                        hidden_size=probe.shape[2], vocab_size=len(vocab) or 1))
-        conditioning = {"kind": "text", "encoder": "clip"}
-    sources = [Path(path)] + ([tokenizer_dir] if tokenizer_dir else [])
+    text_encoder, text = _text(path, desc, TextAdapter) if "text_encoder" in desc else (None, None)
+    modules = Modules(unet=UNetAdapter(_build(desc["unet"], "unet")), decoder=_build(desc["decoder"], "decoder"),
+                      encoder=_build(desc["encoder"], "encoder") if desc.get("encoder") else None,
+                      text_encoder=text_encoder)
+    sources = [Path(path)] + ([text.tokenizer_dir] if text else [])
     return LoadedModel(
-        family="text-to-image" if text else "unconditional", source=Path(path), source_format="custom",
-        source_sha256=hash_paths(sources), unet=unet, vae=None, scheduler_config=dict(desc["scheduler"]),
-        autoencoder_kind="kl", conditioning=conditioning, text_encoder=text_encoder, tokenizer_dir=tokenizer_dir,
-        guidance={"rule": "greater_than_one" if text else "never", "negative_prompt": text},
-        decoder=_build(desc["decoder"], "decoder"),
-        encoder=_build(desc["encoder"], "encoder") if desc.get("encoder") else None,
-        _custom={k: desc[k] for k in ("downsample_factor", "scaling_factor", "unet_downsampling")},
-    )
+        family="text-to-image" if text else "unconditional",
+        source=Source(Path(path), "custom", hash_paths(sources)), modules=modules,
+        scheduler_config=dict(desc["scheduler"]), autoencoder_kind="kl",
+        latent=Latent(channels=c, downsample_factor=int(desc["downsample_factor"]),
+                      scaling_factor=float(desc["scaling_factor"])),
+        conditioning=Conditioning("text", text=text) if text else Conditioning("none"),
+        guidance=Guidance("greater_than_one" if text else "never", negative_prompt=bool(text)),
+        unet_in_channels=c, unet_downsampling=int(desc["unet_downsampling"]),
+        sample_size=sample_size(int(desc["sample_size"])))

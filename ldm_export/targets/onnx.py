@@ -8,17 +8,15 @@ device has; baking them in offline would tie the bundle to one provider.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .base import Target
+from .base import CompileJob, Target
 
 
 class OnnxTarget(Target):
     name = "onnx"
     backend = "onnxruntime"
 
-    def compile(self, staging: Path, component: str, onnx_files: list[str]) -> list[str]:
-        return onnx_files
+    def compile(self, job: CompileJob) -> list[str]:
+        return list(job.onnx_files)
 
     def versions(self) -> dict[str, str]:
         import onnx

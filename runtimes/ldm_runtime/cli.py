@@ -108,7 +108,7 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
     from PIL import Image
     from tqdm import tqdm
 
-    from .pipeline import GenerateConfig
+    from .request import Request
 
     pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
     image = _read_image(image_path, "RGB")
@@ -117,17 +117,17 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
         if pipe.conditioning["kind"] == "text":
             raise UserError("this bundle is text-conditioned: give a --prompt")
         prompts = ("",)
-    probe = GenerateConfig(prompt=prompts[0], width=width, height=height, image=image, mask=mask)
+    probe = Request(prompt=prompts[0], width=width, height=height, image=image, mask=mask)
     pipe.output_size(probe)  # fail on a bad size or missing input before loading anything
     jobs = [(p, seed + i * images_per_prompt + j) for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     pipe.components.load_all()
     results = []
     with tqdm(total=steps * len(jobs), desc="denoising", unit="step", disable=None) as bar:
         for prompt, s in jobs:
-            cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+            req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                  guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise,
                                  class_label=class_label, image=image, mask=mask)
-            results.append(pipe.generate(cfg, trace=save_latents is not None, progress=bar))
+            results.append(pipe.generate(req, trace=save_latents is not None, progress=bar))
     images = [r.image for r in results]
     grid = images[0] if len(images) == 1 else make_grid(images, cols=images_per_prompt if len(prompts) > 1
                                                           else min(len(images), 8))

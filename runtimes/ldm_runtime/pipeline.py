@@ -23,25 +23,11 @@ import numpy as np
 from .bundle import Bundle
 from .errors import NonFiniteOutput, UserError
 from .noise import make_generator
+from .request import Request
+from .resolution import check_multiple
 from .runners import Runner, make_runner
 from .sampler import DDIMConfig, DDIMSampler, guidance
 from .tokenizer import ClipTokenizer
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    prompt: str
-    negative_prompt: str = ""
-    steps: int = 50
-    guidance_scale: float | None = None  # None: the bundle's default (manifest guidance.default_scale)
-    eta: float = 0.0
-    seed: int = 0
-    width: int | None = None   # None: the bundle's default resolution
-    height: int | None = None
-    noise: str = "torch"       # "torch": torch.randn-compatible stream; "numpy": numpy's own
-    class_label: int | None = None      # class-conditional bundles
-    image: np.ndarray | None = None     # uint8 (H, W, 3): low-resolution input or image to inpaint
-    mask: np.ndarray | None = None      # uint8 (H, W) or (H, W, 3): white = repaint (inpainting)
 
 
 @dataclass
@@ -158,37 +144,33 @@ class Pipeline:
         res = self.bundle.manifest["resolution"]
         w = res["default"][0] if width is None else width
         h = res["default"][1] if height is None else height
-        k = res["multiple_of"]
-        if w % k or h % k or w <= 0 or h <= 0:
-            raise UserError(f"resolution {w}x{h} is not a multiple of {k} (the autoencoder's factor "
-                            f"{self.bundle.manifest['latent']['downsample_factor']} times the UNet's "
-                            f"downsampling); try {max(k, round(w / k) * k)}x{max(k, round(h / k) * k)}")
+        check_multiple(w, h, res["multiple_of"], self.bundle.manifest["latent"]["downsample_factor"])
         (wmin, hmin), (wmax, hmax) = res["min"], res["max"]
         if not (wmin <= w <= wmax and hmin <= h <= hmax):
             raise UserError(f"resolution {w}x{h} is outside the bundle's range {wmin}x{hmin} … {wmax}x{hmax}; "
                             f"rebuild with --resolution {w}x{h}")
         return w, h
 
-    def output_size(self, cfg: GenerateConfig) -> tuple[int, int]:
+    def output_size(self, req: Request) -> tuple[int, int]:
         """The image size to generate: from the input image where the family takes one."""
         f = self.bundle.manifest["latent"]["downsample_factor"]
         if "low_res_image" in self.concat:
-            if cfg.image is None:
+            if req.image is None:
                 raise UserError("this super-resolution bundle needs a low-resolution input image (--image)")
-            h, w = cfg.image.shape[:2]
+            h, w = req.image.shape[:2]
             return self.resolve_size(w * f, h * f)
         if "mask" in self.concat:
-            if cfg.image is None or cfg.mask is None:
+            if req.image is None or req.mask is None:
                 raise UserError("this inpainting bundle needs an image and a mask (--image, --mask)")
-            if cfg.mask.shape[:2] != cfg.image.shape[:2]:
-                raise UserError(f"the mask is {cfg.mask.shape[1]}x{cfg.mask.shape[0]} but the image is "
-                                f"{cfg.image.shape[1]}x{cfg.image.shape[0]}; they must be the same size")
-            h, w = cfg.image.shape[:2]
-            if (cfg.width, cfg.height) not in ((None, None), (w, h)):
-                raise UserError(f"--width/--height {cfg.width}x{cfg.height} differ from the image's {w}x{h}; "
+            if req.mask.shape[:2] != req.image.shape[:2]:
+                raise UserError(f"the mask is {req.mask.shape[1]}x{req.mask.shape[0]} but the image is "
+                                f"{req.image.shape[1]}x{req.image.shape[0]}; they must be the same size")
+            h, w = req.image.shape[:2]
+            if (req.width, req.height) not in ((None, None), (w, h)):
+                raise UserError(f"--width/--height {req.width}x{req.height} differ from the image's {w}x{h}; "
                                 "resize the image and mask instead")
             return self.resolve_size(w, h)
-        return self.resolve_size(cfg.width, cfg.height)
+        return self.resolve_size(req.width, req.height)
 
     # -- stages ------------------------------------------------------------
     def run_batch(self, runner: Runner, feeds: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
@@ -205,53 +187,53 @@ class Pipeline:
         with self.components.use(name) as runner:
             return self.run_batch(runner, feeds, where)
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, cfg: bool) -> np.ndarray:
+    def encode_prompt(self, prompt: str, negative_prompt: str, guided: bool) -> np.ndarray:
         """Text embeddings, unconditional half first when guidance is on (as diffusers)."""
         if self.tokenizer is None:
             raise UserError("this bundle has no text encoder, so it takes no prompt")
         if negative_prompt and not self.guidance["negative_prompt"]:
             raise UserError("this model's reference pipeline has no negative prompt; leave --negative-prompt out")
-        texts = [negative_prompt, prompt] if cfg else [prompt]
+        texts = [negative_prompt, prompt] if guided else [prompt]
         ids = self.tokenizer.encode(texts)
         return self.run_component("text_encoder", {"input_ids": ids}, "encoding the prompt")["text_embeddings"]
 
-    def class_labels(self, label: int | None, cfg: bool) -> np.ndarray:
+    def class_labels(self, label: int | None, guided: bool) -> np.ndarray:
         n, null = self.conditioning["num_classes"], self.conditioning.get("null_class")
         if label is None:
             raise UserError(f"this class-conditional bundle needs --class-label (0 … {n - 1})")
         if not 0 <= label < n:
             raise UserError(f"class label {label} is out of range; this model has classes 0 … {n - 1}")
-        if cfg and null is None:
+        if guided and null is None:
             raise UserError("this class-conditional model has no unconditional class, so it cannot use "
                             "guidance; pass --guidance 1")
-        return np.array([null, label] if cfg else [label], dtype=np.int64)
+        return np.array([null, label] if guided else [label], dtype=np.int64)
 
-    def condition(self, cfg: GenerateConfig, use_cfg: bool) -> dict[str, np.ndarray]:
+    def condition(self, req: Request, use_cfg: bool) -> dict[str, np.ndarray]:
         """The UNet's conditioning inputs for the batch (unconditional row first under guidance)."""
         kind = self.conditioning["kind"]
         if kind == "text":
-            return {"encoder_hidden_states": self.encode_prompt(cfg.prompt, cfg.negative_prompt, use_cfg)}
-        if cfg.prompt or cfg.negative_prompt:
+            return {"encoder_hidden_states": self.encode_prompt(req.prompt, req.negative_prompt, use_cfg)}
+        if req.prompt or req.negative_prompt:
             raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no prompt")
         if kind == "class":
-            labels = self.class_labels(cfg.class_label, use_cfg)
+            labels = self.class_labels(req.class_label, use_cfg)
             if self.conditioning.get("via") == "context":
                 context = self.run_component("class_embedder", {"class_labels": labels}, "embedding the class")
                 return {"encoder_hidden_states": context["context"]}
             return {"class_labels": labels}
-        if cfg.class_label is not None:
+        if req.class_label is not None:
             raise UserError(f"this bundle is {self.bundle.manifest['family']} and takes no class label")
         return {}
 
-    def concat_inputs(self, cfg: GenerateConfig, latent_hw: tuple[int, int], generator) -> np.ndarray | None:
+    def concat_inputs(self, req: Request, latent_hw: tuple[int, int], generator) -> np.ndarray | None:
         """Channels concatenated to the latents at every step, drawn after the initial noise (as diffusers)."""
         if not self.concat:
             return None
         if "low_res_image" in self.concat:
-            return image_to_model(cfg.image)
+            return image_to_model(req.image)
         lat = self.bundle.manifest["latent"]
-        image = image_to_model(cfg.image)
-        mask = binarize_mask(cfg.mask)                                   # (1, 1, H, W), 1 = repaint
+        image = image_to_model(req.image)
+        mask = binarize_mask(req.mask)                                   # (1, 1, H, W), 1 = repaint
         masked = (image * (mask < 0.5)).astype(np.float32)
         with self.components.use("vae_encoder") as enc:
             runner_out = self.components.run(enc, {"image": masked}, "encoding the masked image")
@@ -262,7 +244,7 @@ class Pipeline:
         return np.concatenate([small_mask, masked_latents], axis=1)
 
     def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], extra: np.ndarray | None,
-                cfg: GenerateConfig, use_cfg: bool, timesteps, generator, trace: list | None,
+                req: Request, use_cfg: bool, timesteps, generator, trace: list | None,
                 progress) -> np.ndarray:
         with self.components.use("unet") as unet:
             wanted = unet.spec["inputs"]
@@ -274,9 +256,9 @@ class Pipeline:
                          **{k: v for k, v in cond.items() if k in wanted}}
                 where = f"step {i + 1}/{len(timesteps)} (t={int(t)})"
                 out = self.run_batch(unet, feeds, where)["model_output"]
-                noise_pred = guidance(out[0:1], out[1:2], cfg.guidance_scale) if use_cfg else out
-                noise = generator.randn(latents.shape) if cfg.eta > 0 else None
-                latents = self.sampler.step(noise_pred, int(t), latents, cfg.steps, eta=cfg.eta,
+                noise_pred = guidance(out[0:1], out[1:2], req.guidance_scale) if use_cfg else out
+                noise = generator.randn(latents.shape) if req.eta > 0 else None
+                latents = self.sampler.step(noise_pred, int(t), latents, req.steps, eta=req.eta,
                                             variance_noise=noise).prev_sample.astype(np.float32)
                 if trace is not None:
                     trace.append(latents.copy())
@@ -301,23 +283,23 @@ class Pipeline:
             return self.components.run(dec, {"latent": self.decoder_input(latents)}, "decoding")["image"]
 
     # -- the whole job -----------------------------------------------------
-    def generate(self, cfg: GenerateConfig, trace: bool = False, progress=None) -> GenerateResult:
+    def generate(self, req: Request, trace: bool = False, progress=None) -> GenerateResult:
         start = time.perf_counter()
         self.components.seconds.clear()
-        if cfg.guidance_scale is None:
-            cfg = replace(cfg, guidance_scale=self.guidance["default_scale"])
-        width, height = self.output_size(cfg)
-        use_cfg = GUIDANCE_RULES[self.guidance["rule"]](cfg.guidance_scale)
-        cond = self.condition(cfg, use_cfg)
-        timesteps = self.sampler.timesteps(cfg.steps)
+        if req.guidance_scale is None:
+            req = replace(req, guidance_scale=self.guidance["default_scale"])
+        width, height = self.output_size(req)
+        use_cfg = GUIDANCE_RULES[self.guidance["rule"]](req.guidance_scale)
+        cond = self.condition(req, use_cfg)
+        timesteps = self.sampler.timesteps(req.steps)
         lat = self.bundle.manifest["latent"]
         f = lat["downsample_factor"]
-        generator = make_generator(cfg.noise, cfg.seed)
+        generator = make_generator(req.noise, req.seed)
         # DDIM's init_noise_sigma is 1: the initial latents are the raw normal draw.
         latents = generator.randn((1, lat["channels"], height // f, width // f))
-        extra = self.concat_inputs(cfg, (height // f, width // f), generator)
+        extra = self.concat_inputs(req, (height // f, width // f), generator)
         steps: list[np.ndarray] | None = [] if trace else None
-        latents = self.denoise(latents, cond, extra, cfg, use_cfg, timesteps, generator, steps, progress)
+        latents = self.denoise(latents, cond, extra, req, use_cfg, timesteps, generator, steps, progress)
         decoded = self.decode(latents)
         seconds = dict(self.components.seconds, total=time.perf_counter() - start)
         return GenerateResult(image=to_uint8(decoded), decoded=decoded, timesteps=timesteps,

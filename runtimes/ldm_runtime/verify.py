@@ -15,7 +15,8 @@ import numpy as np
 from .bundle import Bundle
 from .errors import BundleError
 from .metrics import compare, max_abs, psnr
-from .pipeline import GenerateConfig, Pipeline
+from .pipeline import Pipeline
+from .request import Request
 from .tolerances import COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES
 
 
@@ -59,16 +60,6 @@ def golden_tensors(golden: dict[str, np.ndarray], component: str, kind: str) -> 
     return {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
 
 
-def golden_request(manifest: dict, golden: dict[str, np.ndarray]) -> GenerateConfig:
-    """The generation request of the bundle's golden trajectory (manifest ``golden`` + its input images)."""
-    g = manifest["golden"]
-    return GenerateConfig(
-        prompt=g["prompt"], negative_prompt=g["negative_prompt"], steps=g["steps"],
-        guidance_scale=g["guidance_scale"], eta=g["eta"], seed=g["seed"], width=g["width"],
-        height=g["height"], noise=g.get("noise", "torch"), class_label=g.get("class_label"),
-        image=golden.get("request/image"), mask=golden.get("request/mask"))
-
-
 def verify_bundle(pipeline: Pipeline) -> VerifyReport:
     bundle = pipeline.bundle
     m = bundle.manifest
@@ -97,7 +88,7 @@ def verify_bundle(pipeline: Pipeline) -> VerifyReport:
             label = name if len(outputs) == 1 else f"{name}.{out_name}"
             checks.append(Check(label, metrics, f"rel_l2 ≤ {tol.rel_l2:g}, cos ≥ {tol.min_cosine}", ok))
 
-    result = pipeline.generate(golden_request(m, golden), trace=True)
+    result = pipeline.generate(Request.from_manifest(m["golden"], golden), trace=True)
     first_bad = None
     ref_latents = golden["trajectory/latents"]
     worst: dict[str, float] = {"max_abs": 0.0, "rel_l2": 0.0, "cosine": 1.0}

@@ -9,7 +9,8 @@ import onnx
 import pytest
 
 from ldm_export import build as build_mod
-from ldm_export.build import BuildConfig, build, parse_resolution
+from ldm_export.build import BuildConfig, build
+from ldm_export.resolution import parse_resolution
 from ldm_export.loading import load_model
 from ldm_runtime.bundle import open_bundle, sha256_file
 from ldm_runtime.errors import UserError
@@ -141,7 +142,7 @@ def test_onnx_mismatch_stops_the_build_with_the_component_name(tiny_sd, tmp_path
     dec = next(g for g in export.component_graphs(model) if g.name == "vae_decoder")
     files = export.export_onnx(dec, tmp_path, (32, 32))
     with torch.no_grad():
-        model.vae.decoder.conv_out.bias += 0.5
+        model.modules.vae.decoder.conv_out.bias += 0.5
     with pytest.raises(ParityError, match=r"vae_decoder at 32x32: ONNX Runtime differs from torch in .image. \(max abs"):
         export.check_against_torch(dec, tmp_path / files[0], [(32, 32)])
 
@@ -182,8 +183,8 @@ def test_bin_weights_load_too(tiny_sd, tmp_path):
     a, b = load_model(tiny_sd), load_model(folder)
     x, ids = torch.randn(1, 4, 8, 8), torch.arange(16)[None]
     with torch.no_grad():
-        assert torch.equal(a.vae.decode(x).sample, b.vae.decode(x).sample)
-        assert torch.equal(a.text_encoder(ids)[0], b.text_encoder(ids)[0])
+        assert torch.equal(a.modules.vae.decode(x).sample, b.modules.vae.decode(x).sample)
+        assert torch.equal(a.modules.text_encoder(ids)[0], b.modules.text_encoder(ids)[0])
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
 
 
@@ -222,11 +223,12 @@ def test_the_bundle_records_its_default_guidance_scale(tiny_sd, tmp_path):
     import dataclasses
 
     from ldm_export.demo import GUIDANCE, MODEL_DIR
+    from ldm_export.model import Guidance
 
     model = load_model(tiny_sd)
     entry = build_mod._guidance_entry(model, BuildConfig(model=tiny_sd, out=tmp_path / "b", guidance=3.0))
-    assert entry == {**model.guidance, "default_scale": 3.0}
+    assert entry == {**model.guidance.to_manifest(), "default_scale": 3.0}
     assert build_mod._guidance_entry(model, BuildConfig(model=tiny_sd, out=tmp_path / "b"))["default_scale"] == 7.5
     assert build_mod._guidance_entry(model, BuildConfig(model=MODEL_DIR, out=tmp_path / "b"))["default_scale"] == GUIDANCE
-    unguided = dataclasses.replace(model, guidance={"rule": "never", "negative_prompt": False})
+    unguided = dataclasses.replace(model, guidance=Guidance("never", negative_prompt=False))
     assert "default_scale" not in build_mod._guidance_entry(unguided, BuildConfig(model=tiny_sd, out=tmp_path / "b"))

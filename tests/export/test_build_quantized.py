@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -13,15 +14,16 @@ from click.testing import CliRunner
 
 from ldm_export.build import BuildConfig, build
 from ldm_export.cli import main as export_cli
-from ldm_export.golden import GoldenConfig
-from ldm_export.parity import ParityConfig, run_parity
+from ldm_export.golden import GOLDEN as DEFAULT_GOLDEN
+from ldm_export.parity import ParitySweep, run_parity
+from ldm_runtime.request import Request
 from ldm_export.report import ReportConfig, run_report
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import UserError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.verify import verify_bundle
 
-GOLDEN = GoldenConfig(steps=4)
+GOLDEN = replace(DEFAULT_GOLDEN, steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,8 @@ def test_verify_catches_a_swapped_component(bundles, tmp_path):
 
 
 def test_parity_of_fp16_bundle_uses_the_quality_target(bundles, tiny_sd):
-    report = run_parity(ParityConfig(bundle=bundles["fp16"], reference=tiny_sd, prompts=("a red circle",),
-                                     seeds=(0,), steps=4, providers=("CPUExecutionProvider",)))
+    report = run_parity(ParitySweep(bundle=bundles["fp16"], reference=tiny_sd, prompts=("a red circle",), seeds=(0,),
+                                    base=Request(steps=4, guidance_scale=7.5), providers=("CPUExecutionProvider",)))
     assert report.components and all(r["psnr_db"] >= 35 for r in report.components)
     assert report.ok
 

@@ -72,7 +72,7 @@ def test_cli_prints_a_one_line_summary(calib):
 def test_manifest_describes_the_collection(calib, model):
     _, api, manifest, _ = calib
     prompts = load_prompts("general")
-    assert manifest["model"] == {"name": "tiny_sd", "family": "text-to-image", "sha256": model.source_sha256}
+    assert manifest["model"] == {"name": "tiny_sd", "family": "text-to-image", "sha256": model.source.sha256}
     assert manifest["prompts"] == {"set": "general", "sha256": prompts.sha256, "count": len(prompts.prompts)}
     assert (manifest["seed"], manifest["steps"], manifest["samples"], manifest["per_trajectory"]) == (0, 4, 3, 2)
     assert manifest["eta"] == 0.0 and manifest["guidance_scale"] == 7.5 and manifest["resolution"] == [16, 16]
@@ -90,7 +90,7 @@ def test_feeds_hold_both_guidance_halves_with_onnx_names(calib, model):
     from ldm_export.reference import text_ids
 
     _, api, manifest, _ = calib
-    cs = CalibrationSet.open(api, model.source_sha256)
+    cs = CalibrationSet.open(api, model.source.sha256)
     assert cs.components == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     unet, text = cs.feeds("unet"), cs.feeds("text_encoder")
     assert len(unet) == 6 and len(text) == 3 and len(cs.feeds("vae_decoder")) == 3
@@ -107,19 +107,20 @@ def test_feeds_hold_both_guidance_halves_with_onnx_names(calib, model):
         assert ids.dtype == np.int64
         np.testing.assert_array_equal(ids, text_ids(model, ["", traj["prompt"]]))  # uncond half first
         with torch.no_grad():
-            emb = model.text_encoder(torch.from_numpy(ids))[0].numpy()
+            emb = model.modules.text_encoder(torch.from_numpy(ids))[0].numpy()
         for f in unet[2 * k: 2 * k + 2]:  # the records of trajectory k were conditioned on its prompt
             np.testing.assert_allclose(f["encoder_hidden_states"], emb, atol=1e-6)
 
 
 def test_unet_records_lie_on_the_reference_trajectory(calib, model):
-    from ldm_export.reference import Request, reference_generate
+    from ldm_export.reference import reference_generate
+    from ldm_runtime.request import Request
 
     _, api, manifest, _ = calib
     unet, dec = CalibrationSet.open(api).feeds("unet"), CalibrationSet.open(api).feeds("vae_decoder")
     traj = manifest["trajectories"][1]
     run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
-                                            height=16))
+                                            height=16, guidance_scale=7.5))
     assert len(run.unet_calls) == 2 and run.inputs["unet"] is run.unet_calls[1]  # golden vectors: unchanged
     assert traj["steps"][1] > 0
     for f, i in zip(unet[2:4], traj["steps"]):
@@ -135,7 +136,7 @@ def test_recorded_timesteps_cover_every_bin_of_every_trajectory(calib, model):
     from diffusers import DDIMScheduler
 
     _, api, manifest, _ = calib
-    sched = DDIMScheduler.from_config(model.scheduler_config)
+    sched = DDIMScheduler.from_config(dict(model.scheduler_config))
     sched.set_timesteps(4)
     ts = sched.timesteps.tolist()
     assert ts == [751, 501, 251, 1]
@@ -169,7 +170,7 @@ def test_class_conditional_records_class_labels_not_text(tmp_path):
     m = collect(folder, tmp_path / "calib", steps=3, samples=2, per_trajectory=2, guidance_scale=3.0)
     cs = CalibrationSet.open(tmp_path / "calib", m["model"]["sha256"])
     assert cs.components == ["unet", "vae_decoder", "vae_encoder"] and m["prompts"] is None
-    null = load_model(folder).conditioning["null_class"]  # the unconditional half's label
+    null = load_model(folder).classes.null_class  # the unconditional half's label
     for k, f in enumerate(cs.feeds("unet")):
         assert list(f) == ["sample", "timestep", "class_labels"] and f["class_labels"].dtype == np.int64
         assert f["class_labels"].tolist() == [null, m["trajectories"][k // 2]["class_label"]]
@@ -181,7 +182,7 @@ def test_summary_identifies_the_set_for_a_bundle_manifest(calib, model):
     from ldm_runtime.bundle import sha256_file
 
     s = CalibrationSet.open(calib[1]).summary()
-    assert s["model_sha256"] == model.source_sha256 and s["prompts"]["set"] == "general"
+    assert s["model_sha256"] == model.source.sha256 and s["prompts"]["set"] == "general"
     assert s["records"] == {"text_encoder": 3, "unet": 6, "vae_decoder": 3, "vae_encoder": 3}
     assert s["manifest_sha256"] == sha256_file(calib[1] / "calibration.json")
     assert (s["timesteps"]["min"], s["timesteps"]["max"]) == (1, 751)
@@ -193,7 +194,7 @@ def test_a_set_of_another_model_is_refused(calib, model):
     with pytest.raises(UserError, match=r"was collected from model 'tiny_sd' \(sha256 [0-9a-f]{12}…\) but this "
                                         r"model is 000000000000…; collect a new one with `ldm-export calibrate`"):
         CalibrationSet.open(api, model_sha256="0" * 64)
-    assert CalibrationSet.open(api, model_sha256=model.source_sha256).count("unet") == 6
+    assert CalibrationSet.open(api, model_sha256=model.source.sha256).count("unet") == 6
 
 
 def _truncate(root):

@@ -8,7 +8,8 @@ import pytest
 
 from ldm_export.build import BuildConfig, build
 from ldm_export.loading import load_model
-from ldm_export.parity import ParityConfig, format_parity, run_parity
+from ldm_export.parity import ParitySweep, format_parity, run_parity
+from ldm_runtime.request import Request
 from tests.models.sd import TINY_SCHEDULER, write_clip_tokenizer
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import UserError
@@ -38,15 +39,15 @@ def test_custom_model_builds_verifies_and_matches_torch(tmp_path):
     b = open_bundle(bundle)
     report = verify_bundle(Pipeline(b, Components(b)))
     assert report.ok, format_report(report)
-    parity = run_parity(ParityConfig(bundle=bundle, reference=desc, prompts=("a red circle",), seeds=(0,),
-                                     steps=8, eta=0.5))
+    parity = run_parity(ParitySweep(bundle=bundle, reference=desc, prompts=("a red circle",), seeds=(0,),
+                                    base=Request(steps=8, guidance_scale=7.5, eta=0.5)))
     assert parity.ok, format_parity(parity)
 
 
 def test_factory_flags_override_the_description(tmp_path):
     desc = _describe(tmp_path, unet="nope:nothing")
     model = load_model(desc, factories={"unet": f"{M}:make_unet"})
-    assert type(model.unet.m).__name__ == "TinyUNet"
+    assert type(model.modules.unet.m).__name__ == "TinyUNet"
 
 
 @pytest.mark.parametrize("over, match", [

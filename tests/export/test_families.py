@@ -12,7 +12,8 @@ from tests.models import FAMILIES as TINY_FAMILIES
 from tests.models import MODELS
 from tests.models import families as rf
 from ldm_export.build import BuildConfig, build
-from ldm_export.parity import ParityConfig, format_parity, run_parity
+from ldm_export.parity import ParitySweep, format_parity, run_parity
+from ldm_runtime.request import Request
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.verify import format_report, verify_bundle
@@ -47,8 +48,8 @@ def test_verify_passes(family_bundle):
 def test_parity_with_torch_reference(family_bundle):
     """eta 0.5 over 10 steps (verify already replays an eta-0 trajectory of the same reference)."""
     name, model, bundle = family_bundle
-    report = run_parity(ParityConfig(bundle=bundle, reference=model, prompts=("a red circle on the left",),
-                                     seeds=(0,), class_labels=(3,), steps=10, eta=0.5))
+    report = run_parity(ParitySweep(bundle=bundle, reference=model, prompts=("a red circle on the left",),
+                                    seeds=(0,), class_labels=(3,), base=Request(steps=10, guidance_scale=7.5, eta=0.5)))
     assert report.ok, format_parity(report)
     assert all(c["image_max_abs"] <= 2 for c in report.cases)
 
@@ -77,7 +78,6 @@ def _bad_inputs(name: str) -> list[tuple[dict, str]]:
 
 def test_bad_inputs_get_one_line_errors(family_bundle):
     from ldm_runtime.errors import UserError
-    from ldm_runtime.pipeline import GenerateConfig
 
     name, _, bundle = family_bundle
     b = open_bundle(bundle)
@@ -85,7 +85,7 @@ def test_bad_inputs_get_one_line_errors(family_bundle):
     for kwargs, match in _bad_inputs(name):
         kwargs = {"prompt": "", **kwargs}
         with pytest.raises(UserError, match=match) as e:
-            pipe.generate(GenerateConfig(steps=1, **kwargs))
+            pipe.generate(Request(steps=1, **kwargs))
         assert "\n" not in str(e.value)
 
 

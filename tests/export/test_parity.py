@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
-from ldm_export.parity import ParityConfig, format_parity, run_parity
+from ldm_export.parity import ParitySweep, format_parity, run_parity
+from ldm_runtime.request import Request
 from ldm_runtime.tolerances import IMAGE_TOLERANCES
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 def test_tiny_bundle_matches_diffusers_within_two_levels(tiny_bundle, tiny_sd, eta):
-    report = run_parity(ParityConfig(bundle=tiny_bundle, reference=tiny_sd, prompts=("a red circle on the left",),
-                                     seeds=(0, 42), steps=20, eta=eta, width=64, height=48))
+    report = run_parity(ParitySweep(bundle=tiny_bundle, reference=tiny_sd, prompts=("a red circle on the left",),
+                                    seeds=(0, 42), base=Request(steps=20, guidance_scale=7.5, eta=eta, width=64,
+                                                                height=48)))
     assert report.ok, format_parity(report)
     for case in report.cases:
         assert case["image_max_abs"] <= 2 and len(case["step_rel_l2"]) == 20
@@ -54,7 +56,7 @@ def test_sd15_architecture_matches_diffusers_within_two_levels(tmp_path_factory,
     if not (bundle / "manifest.json").exists():
         make_sd15_architecture(model)
         build(BuildConfig(model=model, out=bundle, resolutions=((256, 256),)))
-    report = run_parity(ParityConfig(bundle=bundle, reference=model, prompts=("a photograph of an astronaut",),
-                                     seeds=(0,), steps=20, eta=eta))
+    report = run_parity(ParitySweep(bundle=bundle, reference=model, prompts=("a photograph of an astronaut",),
+                                    seeds=(0,), base=Request(steps=20, guidance_scale=7.5, eta=eta)))
     assert report.ok, format_parity(report)
     assert report.cases[0]["image_max_abs"] <= 2

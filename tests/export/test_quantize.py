@@ -15,8 +15,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from ldm_export.quantize import fp16, int8, mixed, model_size_bytes, output_metrics, output_psnr, run_onnx
-from ldm_export.quantize.common import block_names, save
+from ldm_export.onnx_io import model_size_bytes, save
+from ldm_export.quantize import fp16, int8, mixed, output_metrics, output_psnr, run_onnx
+from ldm_export.quantize.common import block_names
 from ldm_runtime.errors import UserError
 
 T = 1  # ORT intra-op threads: the test machine is shared

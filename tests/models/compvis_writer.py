@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from ldm_runtime.errors import UserError
 
-from ldm_export.sources.compvis import (AUTOENCODER_KL, FROZEN_CLIP, FROZEN_OPENCLIP, LATENT_DIFFUSION,
-                                        SAFETENSORS_SUFFIX, TORCH_SUFFIXES, UNET_MODEL, _BETA_SCHEDULE, _Entry,
-                                        _original_shape, _PREDICTION, _text_entries, _unet_entries, _vae_entries)
+from ldm_export.sources.compvis.names import (AUTOENCODER_KL, FROZEN_CLIP, FROZEN_OPENCLIP, LATENT_DIFFUSION,
+                                        SAFETENSORS_SUFFIX, TORCH_SUFFIXES, UNET_MODEL, BETA_SCHEDULES, Entry,
+                                        original_shape, PREDICTIONS, text_entries, unet_entries, vae_entries)
 
 
 
@@ -151,8 +151,8 @@ def _schedule_buffers(sched: dict[str, Any]) -> dict[str, Any]:
 
 def _scheduler_yaml(s: dict[str, Any]) -> dict[str, Any]:
     bs = s["beta_schedule"]
-    inv_bs = {v: k for k, v in _BETA_SCHEDULE.items()}
-    inv_pred = {v: k for k, v in _PREDICTION.items()}
+    inv_bs = {v: k for k, v in BETA_SCHEDULES.items()}
+    inv_pred = {v: k for k, v in PREDICTIONS.items()}
     if s.get("trained_betas") is not None or bs not in inv_bs:
         raise _unexpressible(f"scheduler beta_schedule={bs!r} (supported: {', '.join(inv_bs)})")
     pred = s["prediction_type"]
@@ -202,7 +202,7 @@ def save_original_checkpoint(unet: Any, vae: Any, text_encoder: Any, scheduler_c
     if int(unet.config.in_channels) != int(vae.config.latent_channels):
         raise _unexpressible("UNet in_channels differs from the VAE's latent channels")
 
-    parts: list[tuple[Any, list[_Entry]]] = [(unet, _unet_entries(unet)), (vae, _vae_entries(vae))]
+    parts: list[tuple[Any, list[Entry]]] = [(unet, unet_entries(unet)), (vae, vae_entries(vae))]
     cond: dict[str, Any] = {"target": FROZEN_CLIP}
     hints: dict[str, Any] = {}
     if text_encoder is not None:
@@ -212,7 +212,7 @@ def save_original_checkpoint(unet: Any, vae: Any, text_encoder: Any, scheduler_c
         tc = text_encoder.config
         if tc.hidden_size % 64 or tc.hidden_size // 64 != tc.num_attention_heads:
             hints = {"text_encoder": {"num_attention_heads": int(tc.num_attention_heads)}}
-        parts.append((text_encoder, _text_entries(text_encoder, kind)))
+        parts.append((text_encoder, text_entries(text_encoder, kind)))
 
     sd: dict[str, Any] = {}
     fused: dict[str, list[Any]] = {}
@@ -220,7 +220,7 @@ def save_original_checkpoint(unet: Any, vae: Any, text_encoder: Any, scheduler_c
         state = module.state_dict()
         for e in entries:
             t = state[e.diff].detach().to("cpu", torch.float32)
-            t = t.reshape(_original_shape(e, tuple(t.shape)) if not e.chunk else t.shape)
+            t = t.reshape(original_shape(e, tuple(t.shape)) if not e.chunk else t.shape)
             if e.chunk:
                 fused.setdefault(e.orig, [None] * e.chunk[1])[e.chunk[0]] = t
             else:

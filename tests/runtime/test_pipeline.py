@@ -10,7 +10,8 @@ import pytest
 
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import NonFiniteOutput, UserError
-from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.pipeline import Components, Pipeline
+from ldm_runtime.request import Request
 
 
 def _pipeline(root, low_memory=False, check_hashes=True):
@@ -25,7 +26,7 @@ def pipe(tiny_bundle):
 
 @pytest.mark.parametrize("w, h", [(32, 32), (64, 48), (48, 40)])
 def test_sizes_in_range(pipe, w, h):
-    r = pipe.generate(GenerateConfig(prompt="a red circle", steps=3, width=w, height=h))
+    r = pipe.generate(Request(prompt="a red circle", steps=3, width=w, height=h))
     assert r.image.shape == (h, w, 3) and r.image.dtype == np.uint8
     assert r.decoded.shape == (1, 3, h, w)
 
@@ -37,26 +38,26 @@ def test_sizes_in_range(pipe, w, h):
 ])
 def test_sizes_refused(pipe, w, h, match):
     with pytest.raises(UserError, match=match):
-        pipe.generate(GenerateConfig(prompt="x", steps=1, width=w, height=h))
+        pipe.generate(Request(prompt="x", steps=1, width=w, height=h))
 
 
 def test_trace_returns_every_step_and_is_deterministic(pipe):
-    cfg = GenerateConfig(prompt="a blue square", steps=4, seed=7)
+    cfg = Request(prompt="a blue square", steps=4, seed=7)
     a, b = pipe.generate(cfg, trace=True), pipe.generate(cfg, trace=True)
     assert len(a.latents) == 4 and list(a.timesteps) == [751, 501, 251, 1]
     assert all(np.array_equal(x, y) for x, y in zip(a.latents, b.latents))
-    assert not np.array_equal(a.latents[0], pipe.generate(GenerateConfig(prompt="a blue square", steps=4, seed=8),
+    assert not np.array_equal(a.latents[0], pipe.generate(Request(prompt="a blue square", steps=4, seed=8),
                                                           trace=True).latents[0])
 
 
 def test_timings_and_overhead(pipe):
-    r = pipe.generate(GenerateConfig(prompt="x", steps=2))
+    r = pipe.generate(Request(prompt="x", steps=2))
     assert set(r.seconds) == {"text_encoder", "unet", "vae_decoder", "total"}
     assert 0 <= r.overhead_seconds < r.seconds["total"]
 
 
 def test_the_bundles_default_guidance_scale_applies_when_none_is_given(tiny_bundle, tmp_path):
-    """GenerateConfig without a scale (ldm-run generate without --guidance) uses the manifest's default_scale."""
+    """Request without a scale (ldm-run generate without --guidance) uses the manifest's default_scale."""
     assert open_bundle(tiny_bundle).manifest["guidance"]["default_scale"] == 7.5  # a model other than the demo
     root = tmp_path / "b"
     shutil.copytree(tiny_bundle, root)
@@ -64,15 +65,15 @@ def test_the_bundles_default_guidance_scale_applies_when_none_is_given(tiny_bund
     m["guidance"]["default_scale"] = 2.0
     (root / "manifest.json").write_text(json.dumps(m))
     p = _pipeline(root)
-    got = p.generate(GenerateConfig(prompt="a cat", steps=2)).decoded
-    np.testing.assert_array_equal(got, p.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=2.0)).decoded)
-    assert not np.allclose(got, p.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=7.5)).decoded)
+    got = p.generate(Request(prompt="a cat", steps=2)).decoded
+    np.testing.assert_array_equal(got, p.generate(Request(prompt="a cat", steps=2, guidance_scale=2.0)).decoded)
+    assert not np.allclose(got, p.generate(Request(prompt="a cat", steps=2, guidance_scale=7.5)).decoded)
 
 
 def test_guidance_off_uses_batch_of_one(pipe):
     """guidance ≤ 1 skips the unconditional half (as diffusers), so the result differs from guidance 7.5."""
-    a = pipe.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=1.0), trace=True)
-    b = pipe.generate(GenerateConfig(prompt="a cat", steps=2, guidance_scale=7.5), trace=True)
+    a = pipe.generate(Request(prompt="a cat", steps=2, guidance_scale=1.0), trace=True)
+    b = pipe.generate(Request(prompt="a cat", steps=2, guidance_scale=7.5), trace=True)
     assert not np.allclose(a.latents[-1], b.latents[-1])
 
 
@@ -86,7 +87,7 @@ def test_fixed_batch_one_components_run_twice_per_step(tiny_bundle, tmp_path, pi
             spec["shape"][0] = 1
     (root / "manifest.json").write_text(json.dumps(m))
     fixed = _pipeline(root)
-    cfg = GenerateConfig(prompt="a red circle", steps=3, seed=1)
+    cfg = Request(prompt="a red circle", steps=3, seed=1)
     a, b = fixed.generate(cfg, trace=True), pipe.generate(cfg, trace=True)
     np.testing.assert_allclose(a.latents[-1], b.latents[-1], rtol=1e-5, atol=1e-6)
     assert fixed.components.runner("unet").fixed_batch() == 1
@@ -106,7 +107,7 @@ def test_low_memory_keeps_one_component_resident(tiny_bundle, pipe):
 
     type(low.components.runner("unet")).load = spy
     try:
-        cfg = GenerateConfig(prompt="a red circle", steps=2)
+        cfg = Request(prompt="a red circle", steps=2)
         r = low.generate(cfg)
     finally:
         type(low.components.runner("unet")).load = orig_load
@@ -136,7 +137,7 @@ def test_nan_output_names_component_and_stage(tiny_bundle, tmp_path):
     _nan_decoder(root / "vae_decoder.onnx")
     p = _pipeline(root, check_hashes=False)
     with pytest.raises(NonFiniteOutput, match=r"vae_decoder produced \d+ NaN/Inf values in 'image' at decoding"):
-        p.generate(GenerateConfig(prompt="x", steps=1))
+        p.generate(Request(prompt="x", steps=1))
 
 
 def test_nan_in_unet_names_the_step(tiny_bundle, tmp_path):
@@ -157,7 +158,7 @@ def test_nan_in_unet_names_the_step(tiny_bundle, tmp_path):
     real.__class__ = NaNOnSecond
     with pytest.raises(NonFiniteOutput, match=r"unet produced \d+ NaN/Inf values in 'model_output' at step 2/3 "
                                               r"\(t=\d+\)"):
-        p.generate(GenerateConfig(prompt="x", steps=3))
+        p.generate(Request(prompt="x", steps=3))
 
 
 def test_prompt_without_text_encoder_is_refused(pipe):
