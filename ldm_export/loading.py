@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import UserError, one_line
 
 from .model import LoadedModel
 from .sources.diffusers import PIPELINES
@@ -52,4 +52,4 @@ def load_model(path: str | Path, config: str | Path | None = None, tokenizer: st
     try:
         return load_diffusers(path)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"cannot load {path}: {str(e).splitlines()[0]}") from e
+        raise UserError(f"cannot load {path}: {one_line(e, with_type=False)}") from e

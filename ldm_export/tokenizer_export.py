@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import UserError, one_line
 
 TOKENIZER_FILE = "tokenizer.json"
 # A tokenizer_config.json without model_max_length gets transformers' int(1e30).
@@ -61,16 +61,11 @@ _BERT_PROBES = (
 _KINDS = ("clip", "bert")
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {_one_line(exc)}") from None
+        raise UserError(f"cannot read {path}: {one_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"cannot read {path}: expected a JSON object")
     return data
@@ -114,7 +109,7 @@ def _load_tokenizer(cls_name: str, tokenizer_dir: Path, label: str):
     try:
         return getattr(transformers, cls_name).from_pretrained(str(tokenizer_dir))
     except Exception as exc:  # corrupt vocab/merges/config: the user's files, not our bug
-        raise UserError(f"cannot load the {label} tokenizer in {tokenizer_dir}: {_one_line(exc)}") from None
+        raise UserError(f"cannot load the {label} tokenizer in {tokenizer_dir}: {one_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
 

@@ -68,13 +68,13 @@ def autoencoder_images(pipe, n: int = 400, seed: int = 777):
     UNet makes can reach."""
     import torch
 
-    from .train import _to_tensor
+    from .train_common import to_tensor
 
     imgs, caps, _ = shapes.make_dataset(n, seed=seed)
     recs: list[np.ndarray] = []
     with torch.no_grad():
         for i in range(0, n, 100):
-            rec = pipe.vae.decode(pipe.vae.encode(_to_tensor(imgs[i:i + 100])).latent_dist.mean).sample
+            rec = pipe.vae.decode(pipe.vae.encode(to_tensor(imgs[i:i + 100])).latent_dist.mean).sample
             recs.extend(list(((rec.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()))
     return caps, list(imgs.astype(np.float64) / 255), recs
 

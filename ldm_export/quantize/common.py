@@ -6,7 +6,6 @@ Everything here works on ONNX files and numpy arrays only; torch is never import
 
 from __future__ import annotations
 
-import math
 import re
 import tempfile
 from dataclasses import dataclass
@@ -14,6 +13,8 @@ from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from ldm_runtime.jsonio import json_number
+from ldm_runtime.metrics import compare, tensor_psnr
 
 from ..onnx_io import TWO_GB, load, save, serialized_size
 
@@ -123,42 +124,22 @@ def _flat(x) -> np.ndarray:
 
 
 def output_psnr(ref, got) -> float:
-    """Output PSNR in dB of ``got`` against the fp32 reference ``ref``:
-
-        PSNR = 10 · log10(peak² / MSE),  peak = max |ref|,  MSE = mean (got − ref)²
-
-    over every element of every output of every feed (arrays, lists of arrays, or the lists of output dicts
-    :func:`run_onnx` returns). ``inf`` when identical; ``-inf`` when ``got`` has a NaN or Inf."""
-    a, b = _flat(got), _flat(ref)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    if not np.all(np.isfinite(a)):
-        return -math.inf
-    mse = float(np.mean((a - b) ** 2)) if a.size else 0.0
-    peak = float(np.max(np.abs(b))) if b.size else 0.0
-    if mse == 0.0:
-        return math.inf
-    if peak == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(peak * peak / mse)
+    """Output PSNR in dB of ``got`` against the fp32 reference ``ref`` (:func:`ldm_runtime.metrics.tensor_psnr`:
+    ``10 · log10(peak² / MSE)``, peak = max |ref|) over every element of every output of every feed (arrays,
+    lists of arrays, or the lists of output dicts :func:`run_onnx` returns). ``inf`` when identical; ``-inf``
+    when ``got`` has a NaN or Inf."""
+    return tensor_psnr(_flat(got), _flat(ref))
 
 
 def output_metrics(ref, got) -> dict:
-    """PSNR (dB), cosine similarity, relative L2 and max |difference| of ``got`` against ``ref``."""
+    """PSNR (dB), cosine similarity, relative L2 and max |difference| of ``got`` against ``ref`` (all feeds),
+    as JSON values; the last three are None when ``got`` is not finite."""
     a, b = _flat(got), _flat(ref)
     finite = bool(np.all(np.isfinite(a)))
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    cos = float(np.dot(a, b) / (na * nb)) if finite and na > 0 and nb > 0 else (1.0 if na == nb == 0 else 0.0)
-    return {"psnr_db": _num(output_psnr(ref, got)), "cosine": cos if finite else None,
-            "rel_l2": float(np.linalg.norm(a - b) / nb) if finite and nb > 0 else None,
-            "max_abs": float(np.max(np.abs(a - b))) if finite and a.size else None, "finite": finite}
-
-
-def _num(x: float):
-    """JSON-safe float: inf/-inf/nan become strings."""
-    if math.isfinite(x):
-        return round(x, 4)
-    return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+    m = compare(a, b) if finite else {"cosine": None, "rel_l2": None, "max_abs": None}
+    return {"psnr_db": json_number(tensor_psnr(a, b), 4), "cosine": m["cosine"],
+            "rel_l2": json_number(m["rel_l2"]) if finite else None,
+            "max_abs": m["max_abs"] if finite and a.size else None, "finite": finite}
 
 
 # ---------------------------------------------------------------------------- quantizable nodes, blocks

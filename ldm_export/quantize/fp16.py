@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ldm_runtime.errors import UserError
+from ldm_runtime.jsonio import json_number
 
 from ..onnx_io import external_data_files, load, model_size_bytes, save
 from .common import (Feeds, Report, Session, _say, ensure_node_names, float_tensor_types, infer_types, output_metrics, run_onnx)
@@ -83,7 +84,7 @@ def fp16(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, scan: bool 
             for n in ([producer[t]] if t in producer else []) + consumers.get(t, []):
                 if n not in kept:
                     kept[n] = {"node": n, "op_type": op[n], "reason": "range", "tensor": t,
-                               "max_abs": _js(m), "limit": limit}
+                               "max_abs": json_number(m), "limit": limit}
         _say(report, f"fp16 range scan: {len(kept)} nodes kept in fp32 (|x| > {limit:g})")
 
     model = _convert(typed, sorted(kept))
@@ -123,10 +124,6 @@ def fp16(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, scan: bool 
 
 
 # ------------------------------------------------------------------------------------------- pieces
-
-def _js(x: float):
-    return x if math.isfinite(x) else ("inf" if x > 0 else "nan" if math.isnan(x) else "-inf")
-
 
 def _graph_maps(proto) -> tuple[dict[str, str], dict[str, list[str]]]:
     """tensor → producing node name; tensor → consuming node names (top-level graph)."""
@@ -302,8 +299,8 @@ def _error_rule(typed, node_by_name, producer, errors, kept, tol, ratio, stats_r
         e_in = max((errors[i] for i in n.input if i in errors), default=0.0)
         if not (e_out > tol and e_out > ratio * e_in):
             continue
-        info = {"op_type": n.op_type, "error_out": _js(e_out), "error_in": _js(e_in), "round": round_index + 1,
-                "max_abs": _js(max((stats_range.get(o, 0.0) for o in n.output), default=0.0))}
+        info = {"op_type": n.op_type, "error_out": json_number(e_out), "error_in": json_number(e_in), "round": round_index + 1,
+                "max_abs": json_number(max((stats_range.get(o, 0.0) for o in n.output), default=0.0))}
         if n.name not in kept:
             kept[n.name] = {"node": n.name, "reason": "fp16 error", **info}
             added.append(n.name)
@@ -340,4 +337,4 @@ def _worst(errors, typed, kept, k: int = 5) -> list[dict]:
         if e and n.name not in kept:
             rows.append((max(e), n.name, n.op_type))
     rows.sort(key=lambda r: -r[0] if math.isfinite(r[0]) else -math.inf)
-    return [{"node": n, "op_type": op, "error_out": _js(e)} for e, n, op in rows[:k]]
+    return [{"node": n, "op_type": op, "error_out": json_number(e)} for e, n, op in rows[:k]]

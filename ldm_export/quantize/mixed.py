@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from ldm_runtime.errors import UserError
+from ldm_runtime.jsonio import json_number
 
 from ..onnx_io import external_data_files, model_size_bytes, save
-from .common import Feeds, Report, Session, _num, _say, block_names, output_metrics, output_psnr, weighted_nodes
+from .common import Feeds, Report, Session, _say, block_names, output_metrics, output_psnr, weighted_nodes
 from .int8 import (DEFAULT_CALIBRATION, DEFAULT_LAYOUT, DEFAULT_PERCENTILE, Calibration, _check_layout, _typed_model,
                    calibrate, quantize_qdq)
 
@@ -139,7 +140,7 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
         "definition": "output PSNR = 10*log10(peak^2 / MSE), peak = max |fp32 output|, MSE over every element of "
                       "every output of every feed",
         "target_psnr_db": target_psnr,
-        "psnr_db": _num(final),
+        "psnr_db": json_number(final, 4),
         "met": final >= target_psnr,
         "max_fp32_fraction": max_fp32_fraction,
         "fp32_weight_fraction": round(sum(params[b] for b in fp32_blocks) / total, 6),
@@ -148,9 +149,9 @@ def mixed(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, target_psn
         "feeds": len(feeds),
         "fp32_blocks": fp32_blocks,
         "blocks": [{"block": b, "precision": "fp32" if b in fp32_set else "int8",
-                    "sensitivity_psnr_db": _num(sensitivity[b]), "sensitivity_rank": order.index(b) + 1,
+                    "sensitivity_psnr_db": json_number(sensitivity[b], 4), "sensitivity_rank": order.index(b) + 1,
                     "weight_params": params[b], "nodes": [w.name for w in blocks[b]]} for b in blocks],
-        "search": [{"fp32_blocks": j, "psnr_db": _num(p)} for j, p in sorted(evaluations.items())],
+        "search": [{"fp32_blocks": j, "psnr_db": json_number(p, 4)} for j, p in sorted(evaluations.items())],
         "files": files,
         "size_bytes": {"fp32": model_size_bytes(onnx_in), "mixed": model_size_bytes(onnx_out)},
         "vs_fp32": metrics,

@@ -7,6 +7,20 @@ keeps its traceback.
 
 from __future__ import annotations
 
+MESSAGE_LIMIT = 200  # characters of a library's message quoted in one of ours
+
+
+def one_line(exc: BaseException, *, with_type: bool = True, limit: int = MESSAGE_LIMIT) -> str:
+    """The first non-empty line of ``exc``'s message, cut at ``limit`` characters, after its type name."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    name = type(exc).__name__
+    if not text:
+        return name
+    return f"{name}: {text}" if with_type else text
+
 
 class UserError(Exception):
     """Bad input, a missing file or package, a wrong device: the user can fix it."""

@@ -48,9 +48,11 @@ def tensor_psnr(actual, expected) -> float:
     """PSNR in dB of a tensor against its reference, with the reference's largest magnitude as the peak.
 
     The measure used for quantized components (an UNet's noise prediction has no fixed range):
-    ``10 log10(max|expected|^2 / mean((actual - expected)^2))``.
+    ``10 log10(max|expected|^2 / mean((actual - expected)^2))``; ``-inf`` when ``actual`` has a NaN or Inf.
     """
-    _, b = _pair(actual, expected)
+    a, b = _pair(actual, expected)
+    if not np.all(np.isfinite(a)):
+        return -math.inf
     peak = float(np.max(np.abs(b))) if b.size else 0.0
     return psnr(actual, expected, peak) if peak > 0 else (math.inf if max_abs(actual, expected) == 0 else -math.inf)
 

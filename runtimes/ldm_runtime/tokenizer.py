@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ldm_runtime.errors import BackendUnavailable, BundleError
+from ldm_runtime.errors import BackendUnavailable, BundleError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,6 @@ SPEC_KIND = "clip"  # the original kind; kept for importers
 SPEC_KINDS = {"clip": ("CLIP", "BPE"), "bert": ("BERT", "WordPiece")}
 _REQUIRED_INT_KEYS = ("model_max_length", "pad_token_id", "bos_token_id", "eos_token_id")
 _SIDES = ("right", "left")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _import_tokenizer_class():
@@ -120,7 +115,7 @@ class Tokenizer:
             text = path.read_text(encoding="utf-8")
             tokenizer = backend_cls.from_str(text)
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise BundleError(f"corrupt tokenizer file {path}: {_one_line(exc)}") from None
+            raise BundleError(f"corrupt tokenizer file {path}: {one_line(exc)}") from None
         return cls(tokenizer, text, spec)
 
     def encode(self, prompts: list[str]) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_edge_weights_mark_shape_edges_only():
     from ldm_export.demo import shapes
 
     img, _, meta = shapes.sample(np.random.default_rng(3))
-    x = train._to_tensor(img[None])
+    x = train.to_tensor(img[None])
     w = train.edge_weights(x, 5.0)
     assert w.shape == (1, 1, 32, 32) and set(torch.unique(w).tolist()) == {1.0, 6.0}
     o = meta["objects"][0]
@@ -53,7 +53,7 @@ def test_edge_weights_mark_shape_edges_only():
     assert w[0, 0, cy, cx] == 1.0  # the flat inside of a shape
     assert (w[0, 0, cy, cx:] == 6.0).any() and (w[0, 0, cy, :cx] == 6.0).any()  # its left and right edges
     assert (w == 6.0).float().mean() < 0.5
-    flat = train._to_tensor(np.full((1, 32, 32, 3), 128, np.uint8))
+    flat = train.to_tensor(np.full((1, 32, 32, 3), 128, np.uint8))
     assert torch.equal(train.edge_weights(flat, 5.0), torch.ones(1, 1, 32, 32))
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import UserError, one_line
 
 from .names import (FROZEN_CLIP, LATENT_DIFFUSION, SUPPORTED_TARGETS, BETA_SCHEDULES, PREDICTIONS)
 
@@ -92,8 +92,8 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"config {path} is not a LatentDiffusion config: it is not valid YAML ({first})") from None
+        raise UserError(f"config {path} is not a LatentDiffusion config: it is not valid YAML "
+                        f"({one_line(e, with_type=False)})") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict) or "target" not in data["model"]:
         found = (f"top-level keys: {', '.join(map(str, list(data)[:6])) or 'none'}" if isinstance(data, dict)
                  else f"a {type(data).__name__}")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import UserError, one_line
 
 from .config import Spec, parse_config
 from .names import (CLIP_PREFIX, OPENCLIP_PREFIX, SAFETENSORS_SUFFIX, TORCH_SUFFIXES, Entry, IGNORED_KEYS,
@@ -33,7 +33,8 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
         try:
             obj: Any = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise UserError(f"cannot convert {path}: not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+            raise UserError(f"cannot convert {path}: not a readable .safetensors file "
+                            f"({one_line(e, with_type=False)})") from None
     elif suffix in TORCH_SUFFIXES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -43,10 +44,10 @@ def _read_state_dict(path: Path) -> dict[str, Any]:
             if "Weights only load failed" in msg and not re.search(r"Unsupported operand|invalid load key", msg):
                 raise _pickle_refusal(path, e) from None
             raise UserError(f"cannot convert {path}: not a readable PyTorch checkpoint "
-                            f"({str(e).strip().splitlines()[0][:200]})") from None
+                            f"({one_line(e, with_type=False)})") from None
         except Exception as e:  # torch.load fails on garbage in many ways (KeyError, IndexError, RuntimeError, …)
             raise UserError(f"cannot convert {path}: not a readable PyTorch checkpoint "
-                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from None
+                            f"({one_line(e)})") from None
     else:
         raise UserError(f"cannot convert {path}: unsupported checkpoint extension {path.suffix or '(none)'}; "
                         f"supported: {SAFETENSORS_SUFFIX}, {', '.join(TORCH_SUFFIXES)}")

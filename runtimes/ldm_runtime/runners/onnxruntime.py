@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable, UserError
+from ..errors import BackendUnavailable, UserError, one_line
 from .base import Runner
 
 # Preferred execution providers, best first; the first one installed wins.
@@ -92,7 +92,7 @@ class OnnxRuntimeRunner(Runner):
             self._session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             raise UserError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
-                            f"{str(e).splitlines()[0]}") from e
+                            f"{one_line(e, with_type=False)}") from e
         if self.low_memory:
             trim_heap()  # the parsed model file (weights stored inline) is garbage once the session exists
         self._output_names = [o.name for o in self._session.get_outputs()]
