@@ -38,11 +38,11 @@ def rss() -> int:
 def session(path: str, variant: str, threads: int):
     """An InferenceSession for ``variant``; 'default' and 'lowmem' go through the runtime's own runner."""
     if variant in ("default", "lowmem"):
+        from ldm_runtime.runners import RunnerOptions
         from ldm_runtime.runners.onnxruntime import OnnxRuntimeRunner
 
         r = OnnxRuntimeRunner("bench", Path(path), {"inputs": {}, "outputs": {}},
-                              providers=["CPUExecutionProvider"], threads=threads,
-                              low_memory=variant == "lowmem").load()
+                              RunnerOptions(provider="cpu", threads=threads, low_memory=variant == "lowmem")).load()
         return r._session, r
     import onnxruntime as ort
 

@@ -125,11 +125,11 @@ def runtime_worker(a: argparse.Namespace) -> None:
     from ldm_runtime.bundle import open_bundle
     from ldm_runtime.pipeline import Components, Pipeline
     from ldm_runtime.request import Request
+    from ldm_runtime.runners import RunnerOptions
 
     bundle = open_bundle(a.bundle, check_hashes=False)
     t0 = time.perf_counter()
-    components = Components(bundle, low_memory=a.low_memory, providers=["CPUExecutionProvider"],
-                            threads=a.threads)
+    components = Components(bundle, options=RunnerOptions(provider="cpu", threads=a.threads, low_memory=a.low_memory))
     pipe = Pipeline(bundle, components)
     if sampler is not None:  # name the phase (the component in use) for the per-stage RSS peaks
         original_use = components.use

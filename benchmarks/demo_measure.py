@@ -144,7 +144,7 @@ def _naive_int8(src: Path, out: Path, feeds, threads: int):
     from onnxruntime.quantization import QDQQuantizer, QuantType
 
     from ldm_export.onnx_io import save
-    from .int8 import _typed_model, calibrate
+    from ldm_export.quantize.calibrate import _typed_model, calibrate
 
     cal = calibrate(src, feeds, method="minmax", every_op=True, threads=threads)
     typed = _typed_model(src)
@@ -159,7 +159,8 @@ def _all_qdq_ops() -> list[str]:
 
 
 def main(argv=None) -> int:
-    from . import calibrate, fp16, int8, mixed, model_size_bytes, output_metrics, run_onnx
+    from ldm_export.onnx_io import model_size_bytes
+    from ldm_export.quantize import calibrate, fp16, int8, mixed, output_metrics, run_onnx
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEMO_MODEL)

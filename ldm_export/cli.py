@@ -159,7 +159,6 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
            provider, as_json):
     """Compare BUNDLE run by ldm-runtime with the diffusers pipeline of the reference model; exit 1 if over tolerance."""
     _quiet_libraries()
-    from ldm_runtime.runners.onnxruntime import resolve_providers
 
     from ldm_runtime.request import Request
 
@@ -169,7 +168,7 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
                         tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
                         prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height),
-                        providers=tuple(resolve_providers(provider)))
+                        provider=provider)
     report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
     sys.exit(0 if report.ok else 1)
@@ -198,13 +197,11 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
 
     from tqdm import tqdm
 
-    from ldm_runtime.runners.onnxruntime import resolve_providers
-
     from .report import ReportConfig, format_report, run_report
 
     cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
                        adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
-                       providers=tuple(resolve_providers(provider)))
+                       provider=provider)
     rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
     click.echo(format_report(rows))
     if as_json:

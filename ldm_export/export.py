@@ -220,12 +220,13 @@ def check_against_torch(graph: ComponentGraph, onnx_path: Path, sizes: list[tupl
 
     Checks batch 2 at every size in ``sizes``, so the dynamic axes are exercised too.
     """
+    from ldm_runtime.runners import RunnerOptions
     from ldm_runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     tol = component_tolerance(precision, graph.name)
     spec = {"inputs": graph.inputs, "outputs": graph.outputs}
     rows = []
-    with OnnxRuntimeRunner(graph.name, onnx_path, spec, providers=["CPUExecutionProvider"]) as runner:
+    with OnnxRuntimeRunner(graph.name, onnx_path, spec, RunnerOptions(provider="cpu")) as runner:
         for w, h in sizes if graph.spatial else sizes[:1]:
             feeds = graph.make_inputs(2, w, h, np.random.default_rng(1))
             got = runner.run(feeds)

@@ -19,6 +19,7 @@ from ldm_runtime.bundle import open_bundle
 from ldm_runtime.metrics import compare, max_abs, psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.tolerances import COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES, quality_target
 
 from .export import component_graphs, torch_outputs
@@ -41,7 +42,7 @@ class ParitySweep:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     seeds: tuple[int, ...] = (0, 42)
     class_labels: tuple[int, ...] = (0,)
-    providers: tuple[str, ...] | None = None
+    provider: str | None = None     # ONNX Runtime execution provider of the runtime side (None: the best)
     config: Path | None = None      # original YAML when the reference is a single-file checkpoint
     tokenizer: Path | None = None
 
@@ -90,8 +91,7 @@ def _requests(model, sweep: ParitySweep, width: int, height: int) -> list[Reques
 def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport:
     bundle = open_bundle(sweep.bundle)
     precision = bundle.manifest["precision"]
-    options = {"providers": list(sweep.providers)} if sweep.providers else {}
-    pipeline = Pipeline(bundle, Components(bundle, **options))
+    pipeline = Pipeline(bundle, Components(bundle, options=RunnerOptions(provider=sweep.provider)))
     model = load_model(sweep.reference, sweep.config, sweep.tokenizer)
     width, height = pipeline.resolve_size(sweep.base.width, sweep.base.height)
     report = ParityReport()

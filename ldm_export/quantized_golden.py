@@ -20,6 +20,7 @@ from ldm_runtime.bundle import Bundle
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.verify import golden_tensors
 
 TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image")
@@ -28,7 +29,7 @@ TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image
 def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], graphs) -> dict:
     """Replace the torch outputs in ``arrays`` by the bundle's own (in place); return the PSNRs vs torch."""
     bundle = Bundle(root=staging, manifest=manifest)
-    pipeline = Pipeline(bundle, Components(bundle, providers=["CPUExecutionProvider"]))
+    pipeline = Pipeline(bundle, Components(bundle, backend="onnxruntime", options=RunnerOptions(provider="cpu")))
     vs_fp32: dict = {"components": {}}
     try:
         for g in graphs:

@@ -26,6 +26,7 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.tolerances import quality_target
 from ldm_runtime.verify import golden_tensors, load_golden
 
@@ -41,7 +42,7 @@ class ReportConfig:
     seeds: int = 2
     steps: int = 50
     guidance_scale: float = DEMO_GUIDANCE
-    providers: tuple[str, ...] | None = None
+    provider: str | None = None       # ONNX Runtime execution provider (None: the best installed)
 
 
 @dataclass
@@ -67,8 +68,7 @@ def _torch_ref(golden: dict[str, np.ndarray], component: str, output: str) -> np
 def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
     bundle = open_bundle(path)
     m = bundle.manifest
-    options = {"providers": list(cfg.providers)} if cfg.providers else {}
-    pipeline = Pipeline(bundle, Components(bundle, **options))
+    pipeline = Pipeline(bundle, Components(bundle, options=RunnerOptions(provider=cfg.provider)))
     golden = load_golden(bundle)
     row = BundleRow(name=str(path), precision=m["precision"], size_bytes=bundle_size(bundle))
     for name, comp in m["components"].items():

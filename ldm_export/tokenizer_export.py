@@ -30,7 +30,9 @@ every row).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ldm_runtime.errors import UserError, one_line
 
@@ -58,9 +60,6 @@ _BERT_PROBES = (
     "\u200b zero width \u00a0 nbsp \x00 control",
     " ".join(["a red circle above a blue square"] * 20),
 )
-_KINDS = ("clip", "bert")
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -71,60 +70,82 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _check_folder(tokenizer_dir: Path) -> None:
-    if not tokenizer_dir.is_dir():
-        raise UserError(f"no tokenizer folder at {tokenizer_dir}")
+def _clip_files(tokenizer_dir: Path) -> None:
     has_json = (tokenizer_dir / TOKENIZER_FILE).is_file()
-    has_bpe = (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file()
-    if not (has_json or has_bpe):
-        raise UserError(
-            f"no usable tokenizer in {tokenizer_dir}: expected vocab.json + merges.txt or tokenizer.json"
-        )
-    _check_declared_kind(tokenizer_dir, has_json, "CLIPTokenizer", "BPE", "CLIP")
+    if not (has_json or ((tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file())):
+        raise UserError(f"no usable tokenizer in {tokenizer_dir}: expected vocab.json + merges.txt or tokenizer.json")
 
 
-def _check_declared_kind(tokenizer_dir: Path, has_json: bool, class_prefix: str, model_type: str, label: str) -> None:
+def _bert_files(tokenizer_dir: Path) -> None:
+    if (tokenizer_dir / TOKENIZER_FILE).is_file() or (tokenizer_dir / "vocab.txt").is_file():
+        return
+    if (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file():
+        raise UserError(f"the tokenizer in {tokenizer_dir} has vocab.json + merges.txt (BPE, as CLIP), "
+                        "not a BERT tokenizer's vocab.txt")
+    raise UserError(f"no usable tokenizer in {tokenizer_dir}: expected vocab.txt or tokenizer.json")
+
+
+def _clip_model(model: dict, tokenizer_dir: Path) -> None:
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+        raise UserError(f"the tokenizer in {tokenizer_dir} is not a CLIP tokenizer (BPE with '</w>' word ends)")
+
+
+def _bert_model(model: dict, tokenizer_dir: Path) -> None:
+    if model.get("type") != "WordPiece":
+        raise UserError(f"the tokenizer in {tokenizer_dir} is not a BERT tokenizer (WordPiece)")
+    unk = model.get("unk_token")
+    if unk not in (model.get("vocab") or {}):
+        raise UserError(f"the BERT tokenizer in {tokenizer_dir} has no unknown token {unk!r} in its vocabulary")
+
+
+@dataclass(frozen=True)
+class _Kind:
+    label: str                               # in messages
+    cls_name: str                            # the transformers class (and tokenizer_config's class prefix)
+    model_type: str                          # the tokenizer.json model
+    special: tuple[str, str, str]            # transformers' names of the pad, first and last tokens
+    probes: tuple[str, ...]
+    files: Callable[[Path], None]            # checks the folder's files
+    model: Callable[[dict, Path], None]      # checks the backend's model
+    length_hint: str
+
+
+_KINDS = {
+    "clip": _Kind("CLIP", "CLIPTokenizer", "BPE", ("pad", "bos", "eos"), _PROBES, _clip_files, _clip_model,
+                  "set it in tokenizer_config.json (77 for Stable Diffusion)"),
+    "bert": _Kind("BERT", "BertTokenizer", "WordPiece", ("pad", "cls", "sep"), _BERT_PROBES, _bert_files,
+                  _bert_model, "set it in tokenizer_config.json or pass max_length (77 for LDMTextToImagePipeline)"),
+}
+
+
+def _check_declared_kind(tokenizer_dir: Path, kind: _Kind) -> None:
     """Refuse a folder whose tokenizer_config.json names another tokenizer class, or whose tokenizer.json
-    holds another model type, than the ``label`` tokenizer expected."""
+    holds another model type, than the kind expected."""
     config = tokenizer_dir / "tokenizer_config.json"
     if config.is_file():
         cls_name = _read_json(config).get("tokenizer_class")
-        if isinstance(cls_name, str) and not cls_name.startswith(class_prefix):
-            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a {label} tokenizer")
-    if has_json:
+        if isinstance(cls_name, str) and not cls_name.startswith(kind.cls_name):
+            raise UserError(f"the tokenizer in {tokenizer_dir} is a {cls_name}, not a {kind.label} tokenizer")
+    if (tokenizer_dir / TOKENIZER_FILE).is_file():
         model = _read_json(tokenizer_dir / TOKENIZER_FILE).get("model")
         found = model.get("type") if isinstance(model, dict) else None
-        if found not in (None, model_type):
-            raise UserError(
-                f"the tokenizer.json in {tokenizer_dir} holds a {found} model, not a {label} ({model_type}) tokenizer"
-            )
+        if found not in (None, kind.model_type):
+            raise UserError(f"the tokenizer.json in {tokenizer_dir} holds a {found} model, not a {kind.label} "
+                            f"({kind.model_type}) tokenizer")
 
 
-def _load_tokenizer(cls_name: str, tokenizer_dir: Path, label: str):
-    """``transformers.<cls_name>.from_pretrained``, with a failure on the user's files as one line."""
+def _load_tokenizer(kind: _Kind, tokenizer_dir: Path):
+    """``transformers.<class>.from_pretrained``, with a failure on the user's files as one line."""
     import transformers
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
     try:
-        return getattr(transformers, cls_name).from_pretrained(str(tokenizer_dir))
+        return getattr(transformers, kind.cls_name).from_pretrained(str(tokenizer_dir))
     except Exception as exc:  # corrupt vocab/merges/config: the user's files, not our bug
-        raise UserError(f"cannot load the {label} tokenizer in {tokenizer_dir}: {one_line(exc)}") from None
+        raise UserError(f"cannot load the {kind.label} tokenizer in {tokenizer_dir}: {one_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
-
-
-def _check_bert_folder(tokenizer_dir: Path) -> None:
-    if not tokenizer_dir.is_dir():
-        raise UserError(f"no tokenizer folder at {tokenizer_dir}")
-    has_json = (tokenizer_dir / TOKENIZER_FILE).is_file()
-    has_vocab = (tokenizer_dir / "vocab.txt").is_file()
-    _check_declared_kind(tokenizer_dir, has_json, "BertTokenizer", "WordPiece", "BERT")
-    if not (has_json or has_vocab):
-        if (tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file():
-            raise UserError(f"the tokenizer in {tokenizer_dir} has vocab.json + merges.txt (BPE, as CLIP), "
-                            "not a BERT tokenizer's vocab.txt")
-        raise UserError(f"no usable tokenizer in {tokenizer_dir}: expected vocab.txt or tokenizer.json")
 
 
 def _usable_length(value) -> bool:
@@ -142,98 +163,43 @@ def export_tokenizer(tokenizer_dir: Path, out_dir: Path, kind: str = "clip", max
          "split_special_tokens": false}
 
     ``do_lower_case`` is informational (lowercasing is in tokenizer.json's normalizer).
-
-    ``kind="bert"`` exports a WordPiece ``BertTokenizer`` (LDMTextToImagePipeline)::
-
-        {"file": "tokenizer.json", "kind": "bert", "model_max_length": 77,
-         "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3,
-         "do_lower_case": true, "padding_side": "right", "truncation_side": "right",
-         "split_special_tokens": false}
-
-    with bos/eos = [CLS]/[SEP]. ``max_length``, if given, replaces the tokenizer's
-    ``model_max_length`` (the ids are those of ``tokenizer(..., max_length=max_length)``).
+    ``kind="bert"`` exports a WordPiece ``BertTokenizer`` (LDMTextToImagePipeline), with bos/eos =
+    [CLS]/[SEP]. ``max_length``, if given, replaces the tokenizer's ``model_max_length`` (the ids are those
+    of ``tokenizer(..., max_length=max_length)``).
     """
     if kind not in _KINDS:
         raise UserError(f"unknown tokenizer kind {kind!r}; expected one of: {', '.join(_KINDS)}")
+    k = _KINDS[kind]
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     if max_length is not None and not _usable_length(max_length):
         raise UserError(f"max_length must be an integer from 2 to {_MAX_SANE_LENGTH}, got {max_length!r}")
-    if kind == "bert":
-        return _export_bert(tokenizer_dir, out_dir, max_length)
-    _check_folder(tokenizer_dir)
-    tok = _load_tokenizer("CLIPTokenizer", tokenizer_dir, "CLIP")
-
+    if not tokenizer_dir.is_dir():
+        raise UserError(f"no tokenizer folder at {tokenizer_dir}")
+    _check_declared_kind(tokenizer_dir, k)
+    k.files(tokenizer_dir)
+    tok = _load_tokenizer(k, tokenizer_dir)
     backend_json = json.loads(tok.backend_tokenizer.to_str())
-    model = backend_json.get("model") or {}
-    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
-        raise UserError(f"the tokenizer in {tokenizer_dir} is not a CLIP tokenizer (BPE with '</w>' word ends)")
-
-    ids = {name: getattr(tok, f"{name}_token_id") for name in ("pad", "bos", "eos")}
+    k.model(backend_json.get("model") or {}, tokenizer_dir)
+    ids = {name: getattr(tok, f"{name}_token_id") for name in k.special}
     missing = [name for name, value in ids.items() if value is None]
     if missing:
-        raise UserError(f"the CLIP tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its vocabulary")
-    max_len = tok.model_max_length if max_length is None else max_length
-    if not isinstance(max_len, int) or not 2 <= max_len <= _MAX_SANE_LENGTH:
-        raise UserError(
-            f"the CLIP tokenizer in {tokenizer_dir} has no usable model_max_length "
-            f"(got {max_len}); set it in tokenizer_config.json (77 for Stable Diffusion)"
-        )
-
-    spec = {
-        "file": TOKENIZER_FILE,
-        "kind": "clip",
-        "model_max_length": int(max_len),
-        "pad_token_id": int(ids["pad"]),
-        "bos_token_id": int(ids["bos"]),
-        "eos_token_id": int(ids["eos"]),
-        "do_lower_case": "Lowercase" in json.dumps(backend_json.get("normalizer")),
-        "padding_side": tok.padding_side,
-        "truncation_side": tok.truncation_side,
-        "split_special_tokens": bool(tok.split_special_tokens),
-    }
-
-    _write(backend_json, out_dir)
-    _self_check(tok, out_dir / TOKENIZER_FILE, spec, _PROBES)
-    return spec
-
-
-def _export_bert(tokenizer_dir: Path, out_dir: Path, max_length: int | None) -> dict:
-    _check_bert_folder(tokenizer_dir)
-    tok = _load_tokenizer("BertTokenizer", tokenizer_dir, "BERT")
-
-    backend_json = json.loads(tok.backend_tokenizer.to_str())
-    model = backend_json.get("model") or {}
-    if model.get("type") != "WordPiece":
-        raise UserError(f"the tokenizer in {tokenizer_dir} is not a BERT tokenizer (WordPiece)")
-    unk = model.get("unk_token")
-    if unk not in (model.get("vocab") or {}):
-        raise UserError(f"the BERT tokenizer in {tokenizer_dir} has no unknown token {unk!r} in its vocabulary")
-
-    ids = {name: getattr(tok, f"{name}_token_id") for name in ("pad", "cls", "sep")}
-    missing = [name for name, value in ids.items() if value is None]
-    if missing:
-        raise UserError(f"the BERT tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its vocabulary")
+        raise UserError(f"the {k.label} tokenizer in {tokenizer_dir} has no {', '.join(missing)} token in its "
+                        "vocabulary")
     max_len = tok.model_max_length if max_length is None else max_length
     if not _usable_length(max_len):
-        raise UserError(
-            f"the BERT tokenizer in {tokenizer_dir} has no usable model_max_length (got {max_len}); "
-            "set it in tokenizer_config.json or pass max_length (77 for LDMTextToImagePipeline)"
-        )
+        raise UserError(f"the {k.label} tokenizer in {tokenizer_dir} has no usable model_max_length "
+                        f"(got {max_len}); {k.length_hint}")
     normalizer = backend_json.get("normalizer") or {}
+    pad, first, last = (int(ids[name]) for name in k.special)
     spec = {
-        "file": TOKENIZER_FILE,
-        "kind": "bert",
-        "model_max_length": int(max_len),
-        "pad_token_id": int(ids["pad"]),
-        "bos_token_id": int(ids["cls"]),
-        "eos_token_id": int(ids["sep"]),
+        "file": TOKENIZER_FILE, "kind": kind, "model_max_length": int(max_len),
+        "pad_token_id": pad, "bos_token_id": first, "eos_token_id": last,
         "do_lower_case": bool(normalizer.get("lowercase")) or "Lowercase" in json.dumps(normalizer),
-        "padding_side": tok.padding_side,
-        "truncation_side": tok.truncation_side,
+        "padding_side": tok.padding_side, "truncation_side": tok.truncation_side,
         "split_special_tokens": bool(tok.split_special_tokens),
     }
     _write(backend_json, out_dir)
-    _self_check(tok, out_dir / TOKENIZER_FILE, spec, _BERT_PROBES)
+    _self_check(tok, out_dir / TOKENIZER_FILE, spec, k.probes)
     return spec
 
 

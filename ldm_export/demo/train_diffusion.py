@@ -26,20 +26,12 @@ def tokenize(tokenizer, captions: list[str]):
                                   truncation=True).input_ids)
 
 
-def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: float, *, steps: int, batch: int,
-                    lr: float, seed: int, log: Logger, p_uncond: float = 0.1, snr_gamma: float = 5.0,
-                    ema_decay: float = 0.995, deadline: float | None = None, unet=None, text=None,
-                    step0: int = 0, warmup: int = 100, phase: str = "1", checkpoint=None, checkpoint_every: int = 0):
-    """One diffusion phase; returns the EMA (unet, text) and whether the deadline stopped it.
-
-    ``checkpoint(step, ema_unet, ema_text)`` is called every ``checkpoint_every`` steps (0: never).
-    """
+def _models(tokenizer, unet, text):
+    """(unet, text, [their EMA copies]): new models when ``unet`` is None, else a previous phase's, trainable."""
     import copy
 
-    import torch
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
-    torch.manual_seed(seed + 10)
     if unet is None:
         unet = UNet2DConditionModel(**UNET_CONFIG)
         text = make_text_encoder(tokenizer)
@@ -48,17 +40,39 @@ def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: 
     ema = [copy.deepcopy(unet).eval(), copy.deepcopy(text).eval()]
     for m in ema:
         m.requires_grad_(False)
+    return unet, text, ema
+
+
+def _caption_ids(tokenizer, captions: list[str]):
+    """Each caption's index into the distinct captions, their token ids, and the empty caption's ids."""
+    import torch
+
+    uniq = sorted(set(captions))
+    index = {c: i for i, c in enumerate(uniq)}
+    cap_ids = torch.tensor([index[c] for c in captions])
+    return cap_ids, tokenize(tokenizer, uniq), tokenize(tokenizer, [""])[0]
+
+
+def train_diffusion(lat_mean, lat_std, captions: list[str], tokenizer, scaling: float, *, steps: int, batch: int,
+                    lr: float, seed: int, log: Logger, p_uncond: float = 0.1, snr_gamma: float = 5.0,
+                    ema_decay: float = 0.995, deadline: float | None = None, unet=None, text=None,
+                    step0: int = 0, warmup: int = 100, phase: str = "1", checkpoint=None, checkpoint_every: int = 0):
+    """One diffusion phase; returns the EMA (unet, text) and whether the deadline stopped it.
+
+    ``checkpoint(step, ema_unet, ema_text)`` is called every ``checkpoint_every`` steps (0: never).
+    """
+    import torch
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed + 10)
+    unet, text, ema = _models(tokenizer, unet, text)
     params = list(unet.parameters()) + list(text.parameters())
     opt = adamw(params, lr=lr, weight_decay=0.01)
     ema_params = list(ema[0].parameters()) + list(ema[1].parameters())
     sched = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k not in ("set_alpha_to_one", "steps_offset")})
     acp = sched.alphas_cumprod
     snr = acp / (1 - acp)
-    uniq = sorted(set(captions))
-    index = {c: i for i, c in enumerate(uniq)}
-    cap_ids = torch.tensor([index[c] for c in captions])
-    uniq_ids = tokenize(tokenizer, uniq)
-    empty_ids = tokenize(tokenizer, [""])[0]
+    cap_ids, uniq_ids, empty_ids = _caption_ids(tokenizer, captions)
     rng = np.random.default_rng(seed + 11)
     gen = torch.Generator().manual_seed(seed + 12)
     unet.train()

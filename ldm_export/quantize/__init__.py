@@ -7,7 +7,8 @@ what was done. See docs/quantization.md.
 
 from .common import output_metrics, output_psnr, run_onnx
 from .fp16 import fp16
-from .int8 import Calibration, calibrate, int8
+from .calibrate import Calibration, calibrate
+from .int8 import int8
 from .mixed import mixed
 
 __all__ = ["Calibration", "calibrate", "fp16", "int8", "mixed", "output_metrics", "output_psnr", "run_onnx"]

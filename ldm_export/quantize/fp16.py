@@ -55,7 +55,6 @@ def fp16(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, scan: bool 
     t0 = time.perf_counter()
     feeds = list(feeds)  # any iterable of feed dicts (a calibration set's generator too)
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
-    external = bool(external_data_files(onnx_in))
     src = load(onnx_in)
     ensure_node_names(src)
     typed = infer_types(src)
@@ -65,43 +64,15 @@ def fp16(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, scan: bool 
     if unknown:
         raise UserError(f"keep names nodes {onnx_in.name} does not have: {', '.join(unknown[:5])}")
     kept: dict[str, dict] = {n: {"node": n, "op_type": op[n], "reason": "requested"} for n in keep}
-    rounds = []
-    stats_range: dict[str, float] = {}
-
+    rounds: list[dict] = []
     if scan:
-        if not feeds:
-            raise UserError("the fp16 overflow scan needs calibration feeds (or pass scan=False)")
-        if any(a.type in (5, 10) for n in typed.graph.node for a in n.attribute):  # GRAPH, GRAPHS
-            raise UserError(f"{onnx_in.name} has control-flow subgraphs, which the fp16 scan does not follow; "
-                            "pass scan=False and keep= the nodes to leave in fp32")
-        _say(report, f"fp16 range scan: max |x| of every tensor over {len(feeds)} feeds")
-        stats_range = _absmax(typed, types, feeds, threads)
-        limit = FP16_MAX / margin
-        producer, consumers = _graph_maps(typed)
-        for t, m in sorted(stats_range.items(), key=lambda kv: -kv[1] if math.isfinite(kv[1]) else -math.inf):
-            if not (m > limit):
-                continue
-            for n in ([producer[t]] if t in producer else []) + consumers.get(t, []):
-                if n not in kept:
-                    kept[n] = {"node": n, "op_type": op[n], "reason": "range", "tensor": t,
-                               "max_abs": json_number(m), "limit": limit}
-        _say(report, f"fp16 range scan: {len(kept)} nodes kept in fp32 (|x| > {limit:g})")
-
-    model = _convert(typed, sorted(kept))
-    if scan:
-        node_by_name = {n.name: n for n in typed.graph.node}
-        producer, _ = _graph_maps(typed)
-        for r in range(max_rounds):
-            errors = _errors(typed, types, model, feeds, threads)
-            added = _error_rule(typed, node_by_name, producer, errors, kept, error_tol, error_ratio, stats_range, r)
-            rounds.append({"round": r + 1, "added": added,
-                           "worst_fp16": _worst(errors, typed, kept)})
-            _say(report, f"fp16 error scan round {r + 1}: {len(added)} more nodes kept in fp32")
-            if not added:
-                break
-            model = _convert(typed, sorted(kept))
-
-    files = save(model, onnx_out, external=external)
+        _check_scannable(onnx_in, typed, feeds)
+        stats_range = _range_scan(typed, types, feeds, margin, kept, threads, report)
+        model = _error_scan(typed, types, feeds, kept, stats_range, (error_tol, error_ratio, max_rounds), rounds,
+                            threads, report)
+    else:
+        model = _convert(typed, sorted(kept))
+    files = save(model, onnx_out, external=bool(external_data_files(onnx_in)))
     ref = run_onnx(onnx_in, feeds, threads=threads) if feeds else []
     got = run_onnx(onnx_out, feeds, threads=threads) if feeds else []
     n_nodes = len(typed.graph.node)
@@ -121,6 +92,51 @@ def fp16(onnx_in: str | Path, onnx_out: str | Path, feeds: Feeds, *, scan: bool 
         "vs_fp32": output_metrics(ref, got) if feeds else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def _check_scannable(onnx_in: Path, typed, feeds: list) -> None:
+    if not feeds:
+        raise UserError("the fp16 overflow scan needs calibration feeds (or pass scan=False)")
+    if any(a.type in (5, 10) for n in typed.graph.node for a in n.attribute):  # GRAPH, GRAPHS
+        raise UserError(f"{onnx_in.name} has control-flow subgraphs, which the fp16 scan does not follow; "
+                        "pass scan=False and keep= the nodes to leave in fp32")
+
+
+def _range_scan(typed, types, feeds: list, margin: float, kept: dict, threads, report) -> dict[str, float]:
+    """Measurement 1: keep (in ``kept``) the producer and consumers of every tensor above ``65504 / margin``;
+    returns max |x| per tensor."""
+    op = {n.name: n.op_type for n in typed.graph.node}
+    _say(report, f"fp16 range scan: max |x| of every tensor over {len(feeds)} feeds")
+    stats_range = _absmax(typed, types, feeds, threads)
+    limit = FP16_MAX / margin
+    producer, consumers = _graph_maps(typed)
+    for t, m in sorted(stats_range.items(), key=lambda kv: -kv[1] if math.isfinite(kv[1]) else -math.inf):
+        if not (m > limit):
+            continue
+        for n in ([producer[t]] if t in producer else []) + consumers.get(t, []):
+            if n not in kept:
+                kept[n] = {"node": n, "op_type": op[n], "reason": "range", "tensor": t,
+                           "max_abs": json_number(m), "limit": limit}
+    _say(report, f"fp16 range scan: {len(kept)} nodes kept in fp32 (|x| > {limit:g})")
+    return stats_range
+
+
+def _error_scan(typed, types, feeds: list, kept: dict, stats_range: dict, rule: tuple[float, float, int],
+                rounds: list, threads, report):
+    """Measurement 2, repeated until no node is added (at most ``max_rounds``); returns the fp16 model."""
+    error_tol, error_ratio, max_rounds = rule
+    model = _convert(typed, sorted(kept))
+    node_by_name = {n.name: n for n in typed.graph.node}
+    producer, _ = _graph_maps(typed)
+    for r in range(max_rounds):
+        errors = _errors(typed, types, model, feeds, threads)
+        added = _error_rule(typed, node_by_name, producer, errors, kept, error_tol, error_ratio, stats_range, r)
+        rounds.append({"round": r + 1, "added": added, "worst_fp16": _worst(errors, typed, kept)})
+        _say(report, f"fp16 error scan round {r + 1}: {len(added)} more nodes kept in fp32")
+        if not added:
+            break
+        model = _convert(typed, sorted(kept))
+    return model
 
 
 # ------------------------------------------------------------------------------------------- pieces
@@ -228,6 +244,31 @@ def _absmax(typed, types, feeds: Feeds, threads) -> dict[str, float]:
 def _errors(typed, types, fp16_model, feeds: Feeds, threads) -> dict[str, float]:
     """Relative L2 error over all feeds of every float node output of the fp16 model against fp32, by the
     fp32 tensor name. One graph runs both copies; only sums of squares come out."""
+    m, pairs = _side_by_side(typed, types, fp16_model)
+    sums = {key: [0.0, 0.0] for key in pairs}
+    with Session(m, threads) as s:
+        for f in feeds:
+            vals = s.run(f)
+            for key, (d, r) in pairs.items():
+                sums[key][0] += float(vals[d])
+                sums[key][1] += float(vals[r])
+    out = {}
+    for key, (d, r) in sums.items():
+        k, j = (int(v) for v in key.split("_"))
+        if not math.isfinite(d):
+            e = math.inf
+        elif r > 0:
+            e = math.sqrt(d / r)
+        else:
+            e = 0.0 if d == 0 else math.inf
+        out[typed.graph.node[k].output[j]] = e
+    return out
+
+
+def _side_by_side(typed, types, fp16_model):
+    """One graph computing the fp32 model and (renamed ``__h16/…``) the fp16 one on the same inputs, whose
+    outputs are, per float node output, ReduceSumSquare of the difference and of the fp32 value; returns it
+    and those output pairs by ``<node index>_<output index>``."""
     from onnx import helper
 
     m = copy.deepcopy(typed)
@@ -268,24 +309,7 @@ def _errors(typed, types, fp16_model, feeds: Feeds, threads) -> dict[str, float]
                            helper.make_node("ReduceSumSquare", [o], [ss_r], keepdims=0)])
             g.output.extend([_scalar_output(ss_d), _scalar_output(ss_r)])
             pairs[key] = (ss_d, ss_r)
-    sums = {key: [0.0, 0.0] for key in pairs}
-    with Session(m, threads) as s:
-        for f in feeds:
-            vals = s.run(f)
-            for key, (d, r) in pairs.items():
-                sums[key][0] += float(vals[d])
-                sums[key][1] += float(vals[r])
-    out = {}
-    for key, (d, r) in sums.items():
-        k, j = (int(v) for v in key.split("_"))
-        if not math.isfinite(d):
-            e = math.inf
-        elif r > 0:
-            e = math.sqrt(d / r)
-        else:
-            e = 0.0 if d == 0 else math.inf
-        out[typed.graph.node[k].output[j]] = e
-    return out
+    return m, pairs
 
 
 def _error_rule(typed, node_by_name, producer, errors, kept, tol, ratio, stats_range, round_index) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError
+from .runners import BACKENDS
 
 
 def user_errors(fn):
@@ -31,23 +32,20 @@ def user_errors(fn):
     return wrapper
 
 
-def _open(bundle_dir: str, backend: str, provider: str | None, low_memory: bool, skip_hash_check: bool):
+def _open(bundle_dir: str, backend: str | None, provider: str | None, low_memory: bool, skip_hash_check: bool):
     from .bundle import open_bundle
     from .pipeline import Components, Pipeline
+    from .runners import RunnerOptions
 
     bundle = open_bundle(bundle_dir, check_hashes=not skip_hash_check)
-    options = {}
-    if backend == "onnxruntime":
-        from .runners.onnxruntime import resolve_providers
-
-        options["providers"] = resolve_providers(provider)
-    components = Components(bundle, backend=backend, low_memory=low_memory, **options)
-    return Pipeline(bundle, components)
+    options = RunnerOptions(provider=provider, low_memory=low_memory)
+    return Pipeline(bundle, Components(bundle, backend=backend, options=options))
 
 
 def runtime_options(fn):
     for opt in reversed([
-        click.option("--backend", default="onnxruntime", show_default=True, help="Runtime backend."),
+        click.option("--backend", type=click.Choice(BACKENDS), default=None,
+                     help="Runtime backend. Default: the one the bundle was built for (`ldm-run info` shows it)."),
         click.option("--provider", default=None,
                      help="ONNX Runtime execution provider: tensorrt, cuda, coreml, cpu or a full ORT name. "
                           "Default: the first installed of TensorRT > CUDA > CoreML > CPU."),

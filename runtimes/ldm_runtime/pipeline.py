@@ -25,7 +25,7 @@ from .errors import NonFiniteOutput, UserError
 from .noise import make_generator
 from .request import Request
 from .resolution import check_multiple
-from .runners import Runner, make_runner
+from .runners import Runner, RunnerOptions, default_backend, make_runner
 from .sampler import DDIMConfig, DDIMSampler, guidance
 from .tokenizer import ClipTokenizer
 
@@ -45,16 +45,17 @@ class GenerateResult:
 
 
 class Components:
-    """Owns one runner per component. In low-memory mode only one is resident at a time."""
+    """Owns one runner per component. In low-memory mode only one is resident at a time.
 
-    def __init__(self, bundle: Bundle, backend: str = "onnxruntime", low_memory: bool = False,
-                 **runner_options):
+    ``backend`` None: the backend the bundle was built for (:func:`ldm_runtime.runners.default_backend`)."""
+
+    def __init__(self, bundle: Bundle, backend: str | None = None, options: RunnerOptions = RunnerOptions()):
         self.bundle = bundle
-        self.low_memory = low_memory
+        self.backend = backend or default_backend(bundle.manifest)
+        self.low_memory = options.low_memory
         self.seconds: dict[str, float] = {}
         self._runners: dict[str, Runner] = {
-            name: make_runner(backend, name, bundle.path(spec["file"]), spec, low_memory=low_memory,
-                              **runner_options)
+            name: make_runner(self.backend, name, bundle.path(spec["file"]), spec, options)
             for name, spec in bundle.manifest["components"].items()
         }
 

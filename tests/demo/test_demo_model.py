@@ -123,12 +123,13 @@ def test_report_scores_adherence_against_the_baseline(demo_bundle, tmp_path):
     from ldm_export.report import ReportConfig, adherence_images, run_report
     from ldm_runtime.bundle import open_bundle
     from ldm_runtime.pipeline import Components, Pipeline
+    from ldm_runtime.runners import RunnerOptions
 
     rows = run_report(ReportConfig(bundles=(demo_bundle,), runs=1, adherence_prompts=3, seeds=1, steps=10,
-                                   providers=("CPUExecutionProvider",)))
+                                   provider="cpu"))
     (row,) = rows
     assert row.vs_baseline_psnr_db["identical"] == 3 and row.vs_baseline_psnr_db["below_target"] == 0
     b = open_bundle(demo_bundle)
     prompts = shapes.eval_prompts(3)
-    imgs = adherence_images(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])), prompts, 1, 10, 3.0)
+    imgs = adherence_images(Pipeline(b, Components(b, options=RunnerOptions(provider="cpu"))), prompts, 1, 10, 3.0)
     assert row.adherence == adherence.score(prompts, imgs)

@@ -16,6 +16,7 @@ from ldm_export.build import BuildConfig, build
 from ldm_export.cli import main as export_cli
 from ldm_export.golden import GOLDEN as DEFAULT_GOLDEN
 from ldm_export.parity import ParitySweep, run_parity
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.request import Request
 from ldm_export.report import ReportConfig, run_report
 from ldm_runtime.bundle import open_bundle
@@ -65,7 +66,7 @@ def test_quantized_bundle_records_recipe_and_verifies_against_its_own_golden(bun
         assert all(s["dtype"] in ("float32", "int64") for s in {**comp["inputs"], **comp["outputs"]}.values())
     # no scratch folders left in the bundle
     assert not [p for p in path.rglob(".*")]
-    report = verify_bundle(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])))
+    report = verify_bundle(Pipeline(b, Components(b, options=RunnerOptions(provider="cpu"))))
     assert report.ok, [c for c in report.checks if not c.ok]
     with np.load(path / "golden" / "golden.npz") as z:
         assert "unet/ref/model_output" in z.files and "reference/image" in z.files
@@ -89,20 +90,20 @@ def test_verify_catches_a_swapped_component(bundles, tmp_path):
     shutil.copytree(bundles["int8"], path)
     shutil.copyfile(bundles["fp16"] / "unet.onnx", path / "unet.onnx")
     b = open_bundle(path, check_hashes=False)
-    report = verify_bundle(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])))
+    report = verify_bundle(Pipeline(b, Components(b, options=RunnerOptions(provider="cpu"))))
     assert not next(c for c in report.checks if c.name == "unet").ok
 
 
 def test_parity_of_fp16_bundle_uses_the_quality_target(bundles, tiny_sd):
     report = run_parity(ParitySweep(bundle=bundles["fp16"], reference=tiny_sd, prompts=("a red circle",), seeds=(0,),
-                                    base=Request(steps=4, guidance_scale=7.5), providers=("CPUExecutionProvider",)))
+                                    base=Request(steps=4, guidance_scale=7.5), provider="cpu"))
     assert report.components and all(r["psnr_db"] >= 35 for r in report.components)
     assert report.ok
 
 
 def test_report_compares_recipes(bundles):
     rows = run_report(ReportConfig(bundles=(bundles["fp32"], bundles["fp16"], bundles["int8"]), runs=1,
-                                   providers=("CPUExecutionProvider",)))
+                                   provider="cpu"))
     by = {r.precision: r for r in rows}
     assert by["int8"].size_bytes < by["fp32"].size_bytes
     assert by["fp32"].component_psnr_db["unet"] > 80  # fp32 against its torch reference
@@ -160,7 +161,7 @@ def test_int8_ort_cpu_layout_builds_and_verifies(tiny_sd, calib, tmp_path):
     assert b.manifest["quantization"]["components"]["unet"]["layout"] == "ort-cpu"
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["unet"]["layout"] == "ort-cpu" and recipe["unet"]["quantized_nodes"]
-    report = verify_bundle(Pipeline(b, Components(b, providers=["CPUExecutionProvider"])))
+    report = verify_bundle(Pipeline(b, Components(b, options=RunnerOptions(provider="cpu"))))
     assert report.ok, [c for c in report.checks if not c.ok]
 
 

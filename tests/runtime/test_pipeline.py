@@ -12,11 +12,12 @@ from ldm_runtime.bundle import open_bundle
 from ldm_runtime.errors import NonFiniteOutput, UserError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
+from ldm_runtime.runners import RunnerOptions
 
 
 def _pipeline(root, low_memory=False, check_hashes=True):
     bundle = open_bundle(root, check_hashes=check_hashes)
-    return Pipeline(bundle, Components(bundle, low_memory=low_memory))
+    return Pipeline(bundle, Components(bundle, options=RunnerOptions(low_memory=low_memory)))
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,41 @@
-"""Backend runners. Each backend module imports its heavy library lazily."""
+"""Backend runners: one module each behind :class:`Runner`, its heavy library imported only there, when a
+runner is made. A new backend is a module here and one line in :data:`RUNNERS` (``"module:Class"``);
+nothing else in the runtime branches on a backend's name.
+
+The backend a bundle runs on by default is the one its manifest names (``backend.name``, written by the
+build's target); ``--backend`` picks another that can run the same files.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from ..errors import UserError
-from .base import Runner
+from .base import Runner, RunnerOptions
 
-BACKENDS = ("onnxruntime",)
+RUNNERS: dict[str, str] = {
+    "onnxruntime": "ldm_runtime.runners.onnxruntime:OnnxRuntimeRunner",
+}
+BACKENDS = tuple(RUNNERS)
 
 
-def make_runner(backend: str, name: str, model_path: Path, spec: dict, **options) -> Runner:
+def runner_class(backend: str) -> type[Runner]:
+    if backend not in RUNNERS:
+        raise UserError(f"no runtime backend '{backend}'; this ldm-runtime supports: {', '.join(BACKENDS)}")
+    module, cls = RUNNERS[backend].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def default_backend(manifest: dict) -> str:
+    """The backend the bundle was built for (``backend.name`` in its manifest)."""
+    return manifest["backend"]["name"]
+
+
+def make_runner(backend: str, name: str, model_path: Path, spec: dict,
+                options: RunnerOptions = RunnerOptions()) -> Runner:
     """Create (but do not load) a runner for one component."""
-    if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(name, model_path, spec, **options)
-    raise UserError(f"no runtime backend '{backend}'; this ldm-runtime supports: {', '.join(BACKENDS)}")
+    return runner_class(backend)(name, model_path, spec, options)
 
 
-__all__ = ["BACKENDS", "Runner", "make_runner"]
+__all__ = ["BACKENDS", "RUNNERS", "Runner", "RunnerOptions", "default_backend", "make_runner", "runner_class"]

@@ -8,6 +8,7 @@ behaviour; a backend implements ``_load``, ``_run`` and ``_release`` over
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,25 @@ import numpy as np
 from ..errors import UserError
 
 
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How the runners of one pipeline run; each backend reads the options that concern it."""
+
+    provider: str | None = None   # onnxruntime: an execution provider (alias or full name); None: the best one
+    threads: int = 0              # intra-op threads (0: the backend's default)
+    low_memory: bool = False      # one component resident at a time: keep each runner's footprint small
+
+
 class Runner(ABC):
     """Runs one compiled component. ``spec`` is the component's manifest entry."""
 
     backend = "base"
 
-    def __init__(self, name: str, model_path: Path, spec: dict):
+    def __init__(self, name: str, model_path: Path, spec: dict, options: RunnerOptions = RunnerOptions()):
         self.name = name
         self.model_path = Path(model_path)
         self.spec = spec
+        self.options = options
         self.is_loaded = False
 
     # -- lifecycle ---------------------------------------------------------

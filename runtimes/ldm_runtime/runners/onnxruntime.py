@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendUnavailable, UserError, one_line
-from .base import Runner
+from .base import Runner, RunnerOptions
 
 # Preferred execution providers, best first; the first one installed wins.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
@@ -67,12 +67,11 @@ def trim_heap() -> None:
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
-    def __init__(self, name, model_path, spec, providers: list[str] | None = None, threads: int = 0,
-                 low_memory: bool = False):
-        super().__init__(name, model_path, spec)
-        self.providers = providers or resolve_providers()
-        self.threads = threads
-        self.low_memory = low_memory
+    def __init__(self, name, model_path, spec, options: RunnerOptions = RunnerOptions()):
+        super().__init__(name, model_path, spec, options)
+        self.providers = resolve_providers(options.provider)
+        self.threads = options.threads
+        self.low_memory = options.low_memory
         self._session = None
 
     def _load(self) -> None:
