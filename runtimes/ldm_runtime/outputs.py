@@ -1,0 +1,74 @@
+"""Files a command writes: checked before any work, written atomically, never left half-written.
+
+:func:`check_output_file` refuses up front what could not be written at the end (an unknown format, a
+missing or read-only folder, a folder where a file is wanted), so no work is lost to a bad ``--out``.
+:func:`atomic_write` writes to a temporary file beside the target and renames it over the target only once
+complete; a failure (a full disk, say) removes the temporary file and says so in one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError, one_line
+
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def check_output_file(path: str | Path, what: str, suffixes: tuple[str, ...] | None = None) -> Path:
+    """``path`` as a file this command may write, or a one-line :class:`UserError` naming ``what`` (the option)."""
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise UserError(f"{what} {path}: unknown file type {path.suffix or '(no extension)'!r}; use one of "
+                        f"{', '.join(suffixes)}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{what} {path}: cannot write there (permission denied)")
+    return path
+
+
+def check_output_folder_parent(path: str | Path, what: str) -> Path:
+    """A folder the command will create (atomically, beside its final place): its parent must be writable."""
+    path = Path(path)
+    parent = path.absolute().parent
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: cannot write in {parent} (permission denied)")
+    return path
+
+
+def write_failure(path: Path, exc: OSError) -> UserError:
+    """The one line for an OSError while writing ``path``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(f"cannot write {path}: the disk is full; nothing was written; free some space and run "
+                         "the command again")
+    return UserError(f"cannot write {path}: {one_line(exc, with_type=False)}; nothing was written")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``; on any failure the
+    temporary file is removed and ``path`` is untouched (an OSError becomes a one-line UserError)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_failure(path, e) from e
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
