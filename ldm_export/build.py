@@ -8,16 +8,18 @@ runtime) are plug-ins: nothing here branches on their names.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import BelowTolerance, UserError
+from ldm_runtime.jsonio import dumps
 from ldm_runtime.request import Request
 
-from .bundle import finalize_manifest, staging_folder
+from .bundle import check_replaceable, finalize_manifest, is_bundle, staging_folder
 from .export import OPSET, ComponentGraph, check_against_torch, component_graphs, export_onnx
 from .golden import GOLDEN, family_request, golden_arrays, write_golden
 from .loading import load_model
@@ -50,6 +52,7 @@ class BuildConfig:
     target_psnr: float | None = None  # mixed precision: UNet output PSNR target in dB
     int8_layout: str = "tensorrt"     # int8/mixed: Q/DQ placement, "tensorrt" or "ort-cpu"
     guidance: float | None = None     # the bundle's default guidance scale; None: calibration.default_guidance
+    allow_below_target: bool = False  # quantized: write the bundle even below the recipe's quality target
 
 
 @dataclass(frozen=True)
@@ -73,13 +76,12 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
     _check_options(cfg)
     target = get_target(cfg.target)
-    if Path(cfg.out).exists() and not cfg.overwrite:
-        raise UserError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
+    check_replaceable(cfg.out, cfg.overwrite, kind="bundle", is_kind=is_bundle, protected=_inputs(cfg))
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
     model = load_model(cfg.model, cfg.config, cfg.tokenizer, dict(cfg.factories))
     sizes = tuple(check_resolutions(model, cfg.resolutions))
-    with staging_folder(cfg.out, cfg.overwrite) as staging:
+    with staging_folder(cfg.out) as staging:
         job = _Job(cfg, model, sizes, tuple(component_graphs(model)), target, staging, report)
         calib = _calibration_set(job)
         calib_summary = calib.summary() if calib is not None else None  # before a collected set is dropped
@@ -100,6 +102,11 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     return manifest
 
 
+def _inputs(cfg: BuildConfig) -> list[Path]:
+    """What the build reads: --out may not be, hold or lie inside any of these."""
+    return [p for p in (cfg.model, cfg.config, cfg.tokenizer, cfg.calibration) if p is not None]
+
+
 def _check_options(cfg: BuildConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
@@ -107,6 +114,11 @@ def _check_options(cfg: BuildConfig) -> None:
         raise UserError("--target-psnr applies to --precision mixed only")
     if cfg.int8_layout != "tensorrt" and cfg.precision not in ("int8", "mixed"):
         raise UserError("--int8-layout applies to --precision int8 and mixed only")
+    if cfg.calibration is not None and cfg.precision == "fp32":
+        raise UserError("--calibration applies to quantized builds (--precision fp16, int8 or mixed); an fp32 "
+                        "build uses none: leave it out")
+    if cfg.guidance is not None and not (math.isfinite(cfg.guidance) and cfg.guidance > 0):
+        raise UserError(f"--guidance must be a finite number > 0; got {cfg.guidance!r}")
 
 
 # ----------------------------------------------------------------------------------------------- stages
@@ -124,8 +136,8 @@ def _calibration_set(job: _Job):
         return CalibrationSet.open(cfg.calibration, model_sha256=model.source.sha256)
     job.report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
     scratch = job.staging / CALIBRATION_DIR
-    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, report=job.report,
-            guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
+    collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, factories=dict(cfg.factories),
+            report=job.report, guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
     return CalibrationSet.open(scratch, model_sha256=model.source.sha256)
 
 
@@ -219,12 +231,18 @@ def _quantized_golden(job: _Job, manifest: dict, arrays: dict, recipes: dict[str
 
     job.report("recording the quantized bundle's own golden vectors (ONNX Runtime, CPU)")
     vs_fp32 = own_golden(job.staging, manifest, arrays, list(job.graphs))
-    (job.staging / "recipe.json").write_text(json.dumps(recipes, indent=1, default=float) + "\n")
-    for line in _quality_lines(job.cfg.precision, vs_fp32):
+    (job.staging / "recipe.json").write_text(dumps(recipes, indent=1) + "\n")
+    lines, below = _quality_lines(job.cfg.precision, vs_fp32)
+    for line in lines:
         job.report(line)
-    return {"recipe": job.cfg.precision, "file": "recipe.json",
-            "components": {n: _recipe_summary(r) for n, r in recipes.items()},
-            "calibration": calib_summary, "vs_fp32": vs_fp32}
+    if below and not job.cfg.allow_below_target:
+        raise BelowTolerance(f"the {job.cfg.precision} bundle misses its quality target ({'; '.join(below)}); "
+                             "nothing was written: try another recipe or calibration set, or pass "
+                             "--allow-below-target to write it anyway (the shortfall is then recorded)")
+    section = {"recipe": job.cfg.precision, "file": "recipe.json",
+               "components": {n: _recipe_summary(r) for n, r in recipes.items()},
+               "calibration": calib_summary, "vs_fp32": vs_fp32}
+    return {**section, "below_target": below} if below else section
 
 
 def _component_feeds(calib, name: str):
@@ -242,17 +260,20 @@ def _recipe_summary(rec: dict) -> dict:
     return out
 
 
-def _quality_lines(precision: str, vs_fp32: dict) -> list[str]:
+def _quality_lines(precision: str, vs_fp32: dict) -> tuple[list[str], list[str]]:
+    """The report lines of the quantized bundle's distance to fp32 torch, and the targets it misses."""
     from ldm_runtime.tolerances import quality_target
 
     q = quality_target(precision)
-    lines = []
-    for name, db in vs_fp32["components"].items():
-        flag = "" if q.component_psnr_db is None or db >= q.component_psnr_db else \
-            f"  BELOW the {precision} target {q.component_psnr_db:g} dB"
-        lines.append(f"  {name}: {db:.1f} dB vs fp32 torch on the golden inputs{flag}")
-    img = vs_fp32["image_psnr_db"]
-    flag = "" if img >= q.image_psnr_db else f"  BELOW the {precision} target {q.image_psnr_db:g} dB"
-    lines.append(f"  golden image: {img:.1f} dB vs fp32 torch{flag}")
-    return lines
+    lines, below = [], []
+    rows = [(name, f"{name}: {db:.1f} dB vs fp32 torch on the golden inputs", db, q.component_psnr_db)
+            for name, db in vs_fp32["components"].items()]
+    rows.append(("golden image", f"golden image: {vs_fp32['image_psnr_db']:.1f} dB vs fp32 torch",
+                 vs_fp32["image_psnr_db"], q.image_psnr_db))
+    for name, line, db, target in rows:
+        miss = target is not None and db < target
+        lines.append(f"  {line}" + (f"  BELOW the {precision} target {target:g} dB" if miss else ""))
+        if miss:
+            below.append(f"{name} {db:.1f} dB < {target:g} dB")
+    return lines, below
 

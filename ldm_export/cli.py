@@ -5,7 +5,6 @@ A thin shell over :mod:`ldm_export.build` and :mod:`ldm_export.parity`.
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import warnings
@@ -14,7 +13,11 @@ from pathlib import Path
 
 import click
 
-from ldm_runtime.cli import user_errors
+from ldm_runtime.cli_types import finite
+from ldm_runtime.errors import UserError
+from ldm_runtime.exits import OneLineGroup, exit_codes
+from ldm_runtime.jsonio import dumps
+from ldm_runtime.outputs import atomic_write_text, check_output_file
 
 from .build import PRECISIONS, BuildConfig
 from .demo import GUIDANCE as DEMO_GUIDANCE
@@ -24,12 +27,13 @@ from .resolution import parse_resolution
 from .targets import TARGETS
 
 
+user_errors = exit_codes("ldm-export")
+
+
 def _model_path(model: str | None) -> Path:
     if model is not None:
         return Path(model)
     if not (DEMO_MODEL / "model_index.json").is_file():
-        from ldm_runtime.errors import UserError
-
         raise UserError("no MODEL given and the embedded demo model is not installed; pass a diffusers folder")
     return DEMO_MODEL
 
@@ -39,8 +43,10 @@ def _opt_path(p: str | None) -> Path | None:
 
 
 def _quiet_libraries() -> None:
-    """Keep diffusers/transformers chatter (progress bars, deprecations) out of our output."""
-    warnings.filterwarnings("ignore")
+    """Keep diffusers/transformers chatter (progress bars, their own deprecation notices) out of our output.
+    Only those libraries' FutureWarnings and DeprecationWarnings are filtered, nothing process-wide."""
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(diffusers|transformers|torch|accelerate)(\.|$)")
     try:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
@@ -53,7 +59,7 @@ def _quiet_libraries() -> None:
         pass
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ldm-export")
 def main() -> None:
     """Export trained latent diffusion models to bundles for edge runtimes, and check their parity."""
@@ -66,9 +72,19 @@ def source_options(fn):
                           "(.ckpt or .safetensors)."),
         click.option("--tokenizer", type=click.Path(file_okay=False, exists=True), default=None,
                      help="Tokenizer folder (vocab.json + merges.txt) for a single-file checkpoint."),
+        click.option("--unet", "f_unet", metavar="PKG.MODULE:FN", help="Factory of a custom UNet (MODEL is then a "
+                     "custom model .json; see docs/custom_models.md for the call signatures)."),
+        click.option("--decoder", "f_decoder", metavar="PKG.MODULE:FN", help="Factory of a custom decoder."),
+        click.option("--encoder", "f_encoder", metavar="PKG.MODULE:FN", help="Factory of a custom encoder."),
+        click.option("--text-encoder", "f_text", metavar="PKG.MODULE:FN", help="Factory of a custom text encoder."),
     ]):
         fn = opt(fn)
     return fn
+
+
+def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], ...]:
+    return tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder), ("encoder", f_encoder),
+                                     ("text_encoder", f_text)) if v)
 
 
 @main.command()
@@ -91,29 +107,28 @@ def source_options(fn):
                    "quantization expects (inputs and weights of Conv/Linear). ort-cpu: the placement ONNX "
                    "Runtime's CPU provider runs as integer kernels (QLinearConv, MatMulIntegerToFloat): faster on "
                    "CPUs, not meant for TensorRT.")
-@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--target-psnr", type=finite(min=0, min_open=True), default=None,
               help="--precision mixed: the UNet output's PSNR vs fp32 on calibration data, in dB "
                    "[default: 35].")
 @click.option("--resolution", "resolutions", multiple=True, metavar="WxH",
               help="An image size the bundle must serve (repeatable). The first is the default; the bundle "
                    "accepts any multiple of the size step between the smallest and largest. "
                    "Default: the model's native size.")
-@click.option("--guidance", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--guidance", type=finite(min=0, min_open=True), default=None,
               help="The default classifier-free guidance scale recorded in the bundle: what `ldm-run generate` "
                    "uses without --guidance, and the scale an automatic calibration samples at. Default: 1.5 for "
                    "the embedded demo model (its documented scale), 7.5 (Stable Diffusion's) otherwise.")
 @click.option("--golden-prompt", default=GOLDEN.prompt, show_default=True,
               help="Prompt of the reference trajectory stored as golden vectors.")
 @click.option("--golden-steps", default=GOLDEN.steps, show_default=True, type=click.IntRange(1, 50))
-@click.option("--unet", "f_unet", metavar="PKG.MODULE:FN", help="Factory of a custom UNet (MODEL is then a "
-              "custom model .json; see docs/custom_models.md for the call signatures).")
-@click.option("--decoder", "f_decoder", metavar="PKG.MODULE:FN", help="Factory of a custom decoder.")
-@click.option("--encoder", "f_encoder", metavar="PKG.MODULE:FN", help="Factory of a custom encoder.")
-@click.option("--text-encoder", "f_text", metavar="PKG.MODULE:FN", help="Factory of a custom text encoder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (only once the new one is complete).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the bundle at --out (only a bundle, and only once the new one is complete).")
+@click.option("--allow-below-target", is_flag=True,
+              help="Quantized builds: write the bundle even when it misses its recipe's quality target (exit 0, "
+                   "the shortfall recorded in the manifest); without it such a build writes nothing and exits 1.")
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
-          guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite):
+          guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -123,12 +138,11 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
 
     cfg = BuildConfig(model=_model_path(model), out=Path(out), config=_opt_path(config),
                       tokenizer=_opt_path(tokenizer), target=target, precision=precision,
-                      factories=tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder),
-                                                          ("encoder", f_encoder), ("text_encoder", f_text)) if v),
+                      factories=_factories(f_unet, f_decoder, f_encoder, f_text),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout,
-                      guidance=guidance)
+                      guidance=guidance, allow_below_target=allow_below_target)
     stage = [0]
 
     def report(msg: str) -> None:
@@ -148,15 +162,15 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to compare on (repeatable; default: three built-in).")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed (repeatable; default: 0 and 42).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=7.5, show_default=True, type=float)
-@click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0))
+@click.option("--guidance", default=7.5, show_default=True, type=finite())
+@click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0))
 @click.option("--width", type=int, default=None)
 @click.option("--height", type=int, default=None)
 @click.option("--provider", default=None, help="ONNX Runtime execution provider for the runtime side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @user_errors
-def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, steps, guidance, eta, width, height,
-           provider, as_json):
+def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts, seeds,
+           steps, guidance, eta, width, height, provider, as_json):
     """Compare BUNDLE run by ldm-runtime with the diffusers pipeline of the reference model; exit 1 if over tolerance."""
     _quiet_libraries()
 
@@ -168,9 +182,9 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
                         tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
                         prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height),
-                        provider=provider)
+                        provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
     report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
+    click.echo(dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
     sys.exit(0 if report.ok else 1)
 
 
@@ -183,7 +197,7 @@ def parity(bundle, reference, config, tokenizer, class_labels, prompts, seeds, s
                    "score prompt adherence (demo model bundles only; 0: skip).")
 @click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), help="Seeds per adherence prompt.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
-@click.option("--guidance", default=DEMO_GUIDANCE, show_default=True, type=float,
+@click.option("--guidance", default=DEMO_GUIDANCE, show_default=True, type=finite(),
               help="Guidance scale of the adherence images (default: the demo model's).")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1),
               help="Timed runs per component (median reported, after one warm-up).")
@@ -199,13 +213,16 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
 
     from .report import ReportConfig, format_report, run_report
 
+    json_file = check_output_file(as_json, "--json", (".json",)) if as_json else None
+    if baseline is not None and not adherence_prompts:
+        raise UserError("--baseline is the bundle the adherence images are compared with: it needs --adherence N")
     cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
                        adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
                        provider=provider)
     rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
     click.echo(format_report(rows))
-    if as_json:
-        Path(as_json).write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
+    if json_file is not None:
+        atomic_write_text(json_file, dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
 
 
 @main.command()
@@ -222,7 +239,7 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
               help="Trajectories to run: one prompt and one seed each.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seeds the prompt order, the steps picked, and the noise (trajectory k uses SEED+k).")
-@click.option("--guidance", default=None, type=float,
+@click.option("--guidance", default=None, type=finite(),
               help="Classifier-free guidance scale; above 1 the UNet sees both halves (unconditional, conditional). "
                    "Default: the embedded demo model's scale for it, 7.5 otherwise.")
 @click.option("--per-trajectory", default=4, show_default=True, type=click.IntRange(1),
@@ -234,8 +251,8 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
               help="The calibration folder to write (written atomically; refused if it exists, unless --overwrite).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
 @user_errors
-def calibrate(model, config, tokenizer, prompts, steps, samples, seed, guidance, per_trajectory, resolution, out,
-              overwrite):
+def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, prompts, steps, samples, seed, guidance,
+              per_trajectory, resolution, out, overwrite):
     """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
     timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
     reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
@@ -247,6 +264,7 @@ def calibrate(model, config, tokenizer, prompts, steps, samples, seed, guidance,
     manifest = collect(_model_path(model), Path(out), prompts=prompts, steps=steps, samples=samples, seed=seed,
                        guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
                        config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
+                       factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)),
                        report=lambda msg: click.echo(msg, err=True))
     click.echo(summary_line(manifest, Path(out)))
 

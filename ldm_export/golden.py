@@ -29,6 +29,7 @@ def family_request(model: LoadedModel, req: Request, width: int, height: int) ->
     """``req`` at ``width`` x ``height`` as ``model``'s family takes it: the prompt only for text models, a class
     (default 0) for class-conditional ones, guidance off where the family has none, a synthetic input image
     (and mask) where the family needs one. The torch reference and the runtime both run the result."""
+    check_steps(model, req.steps)
     text = model.conditioning.kind == "text"
     kw: dict = dict(prompt=req.prompt if text else "", negative_prompt=req.negative_prompt if text else "",
                     width=width, height=height, class_label=None, image=None, mask=None)
@@ -45,6 +46,14 @@ def family_request(model: LoadedModel, req: Request, width: int, height: int) ->
     if "mask" in model.unet_concat:
         kw["mask"] = synthetic_mask(width, height)
     return replace(req, **kw)
+
+
+def check_steps(model: LoadedModel, steps: int) -> None:
+    """Refuse a step count the model's schedule cannot take (diffusers' scheduler would fail on it mid-run):
+    the runtime's own DDIM schedule says where the limit is."""
+    from ldm_runtime.sampler import DDIMConfig, DDIMSampler
+
+    DDIMSampler(DDIMConfig.from_scheduler_config(dict(model.scheduler_config))).timesteps(steps)
 
 
 def synthetic_image(width: int, height: int, seed: int) -> np.ndarray:

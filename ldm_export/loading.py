@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldm_runtime.errors import UserError, one_line
+from ldm_runtime.errors import UserError
 
 from .model import LoadedModel
 from .sources.diffusers import PIPELINES
@@ -33,13 +33,28 @@ def _describe(path: Path) -> str:
 
 def load_model(path: str | Path, config: str | Path | None = None, tokenizer: str | Path | None = None,
                factories: dict[str, str | None] | None = None) -> LoadedModel:
-    """Load ``path`` or raise a one-line :class:`UserError` saying what was found and what is supported."""
+    """Load ``path`` or raise a one-line :class:`UserError` saying what was found and what is supported.
+
+    ``factories`` (``--unet`` … ``--text-encoder``) apply to a custom model ``.json`` only, ``config`` and
+    ``tokenizer`` to a single-file checkpoint only: given with another kind of model, they are refused
+    rather than ignored."""
     path = Path(path)
-    if path.suffix == ".json" and path.name != "model_index.json":
+    custom = path.suffix == ".json" and path.name != "model_index.json"
+    checkpoint = path.is_file() and path.suffix in CHECKPOINT_SUFFIXES
+    given = [f"--{k.replace('_', '-') if k != 'vae_decoder' else 'decoder'}" for k, v in (factories or {}).items() if v]
+    if given and not custom:
+        raise UserError(f"{' '.join(given)} name{'s' if len(given) == 1 else ''} a factory of a custom model, but "
+                        f"{path} is not a custom model .json; leave {'it' if len(given) == 1 else 'them'} out "
+                        "(see docs/custom_models.md)")
+    for flag, value in (("--config", config), ("--tokenizer", tokenizer)):
+        if value is not None and not checkpoint:
+            raise UserError(f"{flag} applies to a single-file checkpoint (.ckpt/.safetensors), but {path} is not "
+                            f"one; leave {flag} out")
+    if custom:
         from .sources.custom import load_custom
 
         return load_custom(path, factories)
-    if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+    if checkpoint:
         if config is None:
             raise UserError(f"{path.name} is a single-file checkpoint: pass its original YAML with --config")
         from .sources.compvis import load_checkpoint
@@ -49,7 +64,4 @@ def load_model(path: str | Path, config: str | Path | None = None, tokenizer: st
         raise UserError(f"cannot load {path}: found {_describe(path)}; supported: {SUPPORTED}")
     from .sources.diffusers import load_diffusers
 
-    try:
-        return load_diffusers(path)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise UserError(f"cannot load {path}: {one_line(e, with_type=False)}") from e
+    return load_diffusers(path)

@@ -108,6 +108,27 @@ class Guidance:
 
 
 @dataclass(frozen=True)
+class Attention:
+    """An attention layer, for memory estimates: its component, its resolution as a downsampling of the image
+    and its heads. The exported graphs compute attention as MatMul + Softmax, so each holds a
+    (tokens × tokens) score matrix per head."""
+
+    component: str
+    downsample: int
+    heads: int
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """A level of a component, for memory estimates: its resolution as a downsampling of the image, and the
+    channels of its feature maps there."""
+
+    component: str
+    downsample: int
+    channels: int
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """Everything the exporter, the reference and calibration need, independent of where the model came from."""
 
@@ -124,6 +145,8 @@ class LoadedModel:
     sample_size: tuple[int, int]          # (height, width) of the latents the UNet was trained at
     unet_concat: tuple[str, ...] = ()     # low_res_image | mask, masked_image_latents
     reference_pipeline: Any = None        # the family's diffusers pipeline, when it has one
+    attention: tuple[Attention, ...] = ()     # where the components attend (memory estimates; () if unknown)
+    feature_maps: tuple[FeatureMaps, ...] = ()  # their levels (memory estimates; () if unknown)
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheduler_config, MappingProxyType):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ldm_runtime.bundle import open_bundle
+from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import compare, max_abs, psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
@@ -45,6 +46,7 @@ class ParitySweep:
     provider: str | None = None     # ONNX Runtime execution provider of the runtime side (None: the best)
     config: Path | None = None      # original YAML when the reference is a single-file checkpoint
     tokenizer: Path | None = None
+    factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
 
 
 @dataclass
@@ -92,11 +94,14 @@ def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport
     bundle = open_bundle(sweep.bundle)
     precision = bundle.manifest["precision"]
     pipeline = Pipeline(bundle, Components(bundle, options=RunnerOptions(provider=sweep.provider)))
-    model = load_model(sweep.reference, sweep.config, sweep.tokenizer)
+    model = load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
+    built_from = bundle.manifest["source"]["sha256"]
+    if model.source.sha256 != built_from:
+        raise UserError(f"{sweep.reference} is not the model {sweep.bundle} was built from (sha256 "
+                        f"{model.source.sha256[:12]}… vs the bundle's {built_from[:12]}…); pass the same model, with "
+                        "the same --config/--tokenizer or factories as the build")
     width, height = pipeline.resolve_size(sweep.base.width, sweep.base.height)
     report = ParityReport()
-    if model.source.sha256 != bundle.manifest["source"]["sha256"]:
-        report.notes.append("the reference model's hash differs from the one the bundle was built from")
     graphs = component_graphs(model)
     traj_tol, img_tol = TRAJECTORY_TOLERANCES[precision], IMAGE_TOLERANCES[precision]
     for req in _requests(model, sweep, width, height):

@@ -20,10 +20,14 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 
 def check_resolutions(model: LoadedModel, sizes: tuple[tuple[int, int], ...]) -> list[tuple[int, int]]:
-    """The sizes to serve (the model's native size when none is given), each a multiple of its size step."""
+    """The sizes to serve (the model's native size when none is given), each a multiple of its size step
+    and small enough to fit in this machine's memory (:func:`ldm_export.memory.check_sizes_fit`)."""
+    from .memory import check_sizes_fit
+
     sizes = list(sizes) or [model.default_resolution]
     for w, h in sizes:
         check_multiple(w, h, model.size_multiple, model.latent.downsample_factor)
+    check_sizes_fit(model, sizes)
     return sizes
 
 

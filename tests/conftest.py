@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -32,13 +33,21 @@ TINY_SIZES = ((32, 32), (64, 48))
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_sd, tmp_path_factory) -> Path:
-    """An fp32 ONNX bundle of ``tiny_sd`` serving 32x32 … 64x48 (read-only: copy it to tamper)."""
-    from ldm_export.build import BuildConfig, build
+def runtime_fixtures(request, tmp_path_factory) -> Path:
+    """Bundles and oracle values for the runtime tests (tests/fixtures.py): prebuilt in the folder
+    ``LDM_RUNTIME_FIXTURES`` names (the torch-free run), else built here from ``tiny_sd``."""
+    prebuilt = os.environ.get("LDM_RUNTIME_FIXTURES")
+    if prebuilt:
+        return Path(prebuilt)
+    from tests.fixtures import build_runtime_fixtures
 
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    build(BuildConfig(model=tiny_sd, out=out, resolutions=TINY_SIZES))
-    return out
+    return build_runtime_fixtures(tmp_path_factory.mktemp("runtime-fixtures"), model=request.getfixturevalue("tiny_sd"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(runtime_fixtures) -> Path:
+    """An fp32 ONNX bundle of ``tiny_sd`` serving 32x32 … 64x48 (read-only: copy it to tamper)."""
+    return runtime_fixtures / "tiny"
 
 
 def blocked_python(code: str) -> list[str]:

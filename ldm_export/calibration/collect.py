@@ -24,8 +24,8 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.request import Request
 
 from ..provenance import producer
-from ..bundle import staging_folder
-from .format import FORMAT, FORMAT_VERSION, MANIFEST, record_key
+from ..bundle import check_replaceable, staging_folder
+from .format import FORMAT, FORMAT_VERSION, MANIFEST, is_calibration_set, record_key
 from .prompt_sets import AUTO, PromptSet, default_guidance, load_prompts, resolve_spec
 
 SHARD_BYTES = 256 * 2**20   # a shard is closed before it would grow past this (one record at least)
@@ -128,8 +128,8 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     prompt_set = load_prompts(resolve_spec(prompts, model_path))
     if guidance_scale is None:
         guidance_scale = default_guidance(model_path)
-    if Path(out).exists() and not overwrite:
-        raise UserError(f"{out} already exists; choose another --out or pass --overwrite")
+    check_replaceable(Path(out), overwrite, kind="calibration set", is_kind=is_calibration_set,
+                      protected=[p for p in (model_path, config, tokenizer) if p is not None])
     say(f"loading {model_path}")
     model = load_model(model_path, config, tokenizer, factories)
     dw, dh = model.default_resolution
@@ -140,7 +140,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     graphs = {g.name: list(g.inputs) for g in component_graphs(model)}
     say(f"running {samples} DDIM trajectories of {steps} steps at {size[0]}x{size[1]}, recording "
         f"{per_trajectory} UNet inputs from each")
-    with staging_folder(out, overwrite) as staging:
+    with staging_folder(out) as staging:
         writers = {name: _ShardWriter(staging, name) for name in graphs}
         trajectories = [_record_trajectory(model, k, req, stratified_steps(steps, per_trajectory, step_rng),
                                            writers, graphs)

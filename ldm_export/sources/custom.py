@@ -28,7 +28,9 @@ The same factories can be given on the command line (``--unet``, ``--decoder``,
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,23 @@ def _text(path: Path, desc: dict, adapter) -> tuple[Any, Text]:
     return adapter(raw), text
 
 
+def _source_hash(path: Path, desc: dict, text: Text | None) -> str:
+    """sha256 of what makes the model: the description, the tokenizer folder, each factory's name and the
+    source file of its module (so changing ``--unet`` or the factory's code changes the model's hash)."""
+    files = [path] + ([text.tokenizer_dir] if text else [])
+    specs = []
+    for key in FACTORY_KEYS:
+        if desc.get(key):
+            fn = import_factory(desc[key])
+            specs.append(f"{key}={desc[key]}")
+            source = inspect.getsourcefile(fn)
+            if source is not None:
+                files.append(Path(source))
+    h = hashlib.sha256(hash_paths(files).encode())
+    h.update("\n".join(specs).encode())
+    return h.hexdigest()
+
+
 def load_custom(path: Path, overrides: dict[str, str | None] | None = None) -> LoadedModel:
     """Load a custom model description (and/or factory overrides) into a LoadedModel."""
     desc = _read_description(path, overrides)
@@ -134,10 +153,9 @@ def load_custom(path: Path, overrides: dict[str, str | None] | None = None) -> L
     modules = Modules(unet=UNetAdapter(_build(desc["unet"], "unet")), decoder=_build(desc["decoder"], "decoder"),
                       encoder=_build(desc["encoder"], "encoder") if desc.get("encoder") else None,
                       text_encoder=text_encoder)
-    sources = [Path(path)] + ([text.tokenizer_dir] if text else [])
     return LoadedModel(
         family="text-to-image" if text else "unconditional",
-        source=Source(Path(path), "custom", hash_paths(sources)), modules=modules,
+        source=Source(Path(path), "custom", _source_hash(Path(path), desc, text)), modules=modules,
         scheduler_config=dict(desc["scheduler"]), autoencoder_kind="kl",
         latent=Latent(channels=c, downsample_factor=int(desc["downsample_factor"]),
                       scaling_factor=float(desc["scaling_factor"])),

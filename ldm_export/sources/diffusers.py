@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ldm_runtime.errors import UserError
+from ldm_runtime.errors import UserError, one_line
 
-from ..model import (Classes, Conditioning, Guidance, Latent, LoadedModel, Modules, Source, Text, hash_paths,
-                     sample_size)
+from ..model import (Attention, Classes, FeatureMaps, Conditioning, Guidance, Latent, LoadedModel, Modules, Source, Text,
+                     hash_paths, sample_size)
 
 SD_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 REQUIRED_PARTS = {
@@ -53,13 +53,19 @@ def load_diffusers(path: Path) -> LoadedModel:
 
 
 def _load_pipeline(path: Path):
+    """diffusers' own loader; what it raises on the folder's files (a missing or corrupt weight or config
+    file) is the user's to fix, everything after that is ours."""
     import torch
     from diffusers import DiffusionPipeline
+    from safetensors import SafetensorError
 
     index = json.loads((path / "model_index.json").read_text())
     extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
-    with torch.no_grad():
-        pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, **extra)
+    try:
+        with torch.no_grad():
+            pipe = DiffusionPipeline.from_pretrained(path, torch_dtype=torch.float32, **extra)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise UserError(f"cannot load {path}: {one_line(e, with_type=False)}") from e
     pipe.set_progress_bar_config(disable=True)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
@@ -90,15 +96,52 @@ def text_of(text_encoder, encoder: str, tokenizer_dir: Path, tokenizer_max_lengt
                 tokenizer_max_length=tokenizer_max_length)
 
 
-def unet_facts(unet) -> dict:
-    """The UNet's input channels, total downsampling and training sample size, as LoadedModel fields."""
+def unet_facts(unet, vae=None) -> dict:
+    """The UNet's input channels, total downsampling and training sample size, and the levels and attention
+    layers of the UNet and the autoencoder (for memory estimates), as LoadedModel fields."""
     c = unet.config
+    f = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    levels = [FeatureMaps("unet", f * 2 ** i, int(ch)) for i, ch in enumerate(c.block_out_channels)]
+    if vae is not None:
+        levels += [FeatureMaps(part, 2 ** i, int(ch)) for part in ("vae_decoder", "vae_encoder")
+                   for i, ch in enumerate(vae.config.block_out_channels)]
     return {"unet_in_channels": int(c.in_channels), "unet_downsampling": 2 ** (len(c.block_out_channels) - 1),
-            "sample_size": sample_size(c.sample_size)}
+            "sample_size": sample_size(c.sample_size), "attention": _unet_attention(c, f) + _vae_attention(vae, f),
+            "feature_maps": tuple(levels)}
+
+
+def _heads(c, channels: int, level: int) -> int:
+    """Attention heads at a UNet level: UNet2DConditionModel's ``attention_head_dim`` counts heads (its
+    historical name), ``num_attention_heads`` overrides it; UNet2DModel's is the width per head."""
+    conditional = hasattr(c, "cross_attention_dim")
+    value = (getattr(c, "num_attention_heads", None) or c.attention_head_dim) if conditional else c.attention_head_dim
+    value = value[level] if isinstance(value, (list, tuple)) else value
+    if value is None:
+        return 1
+    return int(value) if conditional else max(1, channels // int(value))
+
+
+def _unet_attention(c, f: int) -> tuple[Attention, ...]:
+    levels = len(c.block_out_channels)
+    sites = [Attention("unet", f * 2 ** i, _heads(c, ch, i)) for i, (t, ch) in
+             enumerate(zip(c.down_block_types, c.block_out_channels)) if "Attn" in t]
+    if getattr(c, "mid_block_type", "UNetMidBlock2DCrossAttn") is not None and \
+            getattr(c, "add_attention", True) is not False:
+        sites.append(Attention("unet", f * 2 ** (levels - 1), _heads(c, c.block_out_channels[-1], levels - 1)))
+    return tuple(sites)
+
+
+def _vae_attention(vae, f: int) -> tuple[Attention, ...]:
+    """The autoencoder's mid-block attention (one head, at the latent's size) in its decoder and encoder."""
+    if vae is None or getattr(vae.config, "mid_block_add_attention", True) is False:
+        return ()
+    return (Attention("vae_decoder", f, 1), Attention("vae_encoder", f, 1))
 
 
 def _describe(cls: str, pipe, source: Source) -> LoadedModel:
-    common = dict(source=source, scheduler_config=scheduler_config(pipe.scheduler.config), **unet_facts(pipe.unet))
+    vae_module = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
+    common = dict(source=source, scheduler_config=scheduler_config(pipe.scheduler.config),
+                  **unet_facts(pipe.unet, vae_module))
     if cls in SD_PIPELINES:
         inpaint = cls == "StableDiffusionInpaintPipeline" or pipe.unet.config.in_channels == 9
         text = text_of(pipe.text_encoder, "clip", source.path / "tokenizer")
@@ -152,4 +195,4 @@ def _class_conditional_crossattn(path: Path, source: Source) -> LoadedModel:
         family="class-conditional", source=source, scheduler_config=scheduler_config(sched.config),
         autoencoder_kind="vq", modules=Modules(unet=unet, vae=vae, class_embedder=embedder.eval()),
         latent=latent_of(vae), conditioning=Conditioning("class", classes=classes),
-        guidance=Guidance("not_one", negative_prompt=False), **unet_facts(unet))
+        guidance=Guidance("not_one", negative_prompt=False), **unet_facts(unet, vae))

@@ -1,41 +1,34 @@
 """Reading and validating a bundle: the only contract between build and deploy side.
 
-A bundle is a folder holding ``manifest.json`` (schema documented in
-``docs/bundle.md``), one file per compiled component, the tokenizer and the
-golden vectors. :func:`open_bundle` checks the schema version, the structure
-and the sha256 of every file before anything is run.
+A bundle is a folder holding ``manifest.json`` (schema documented in ``docs/bundle.md``), one file per
+compiled component, the tokenizer and the golden vectors. :func:`open_bundle` checks, before anything
+runs:
+
+1. the schema version, and the manifest's integrity seal (a hash of its canonical content written by
+   the build: an edited manifest is refused, naming the sections that changed);
+2. every field the runtime reads (:mod:`ldm_runtime.schema`);
+3. every path the manifest names: relative, normalized, inside the bundle (no ``..``, no absolute path,
+   no symlink leading out), and listed in ``files``;
+4. the sha256 of every file in ``files``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import schema
 from .errors import BundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
-COMPONENTS = ("text_encoder", "class_embedder", "unet", "vae_decoder", "vae_encoder")
-DTYPES = ("float32", "float16", "int64", "int32")
-
-# Required keys of each manifest section and the JSON type each must have.
-_REQUIRED: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "": {"schema_version": int, "family": str, "target": str, "precision": str, "producer": dict,
-         "source": dict, "backend": dict, "device_constraints": dict, "latent": dict, "autoencoder": dict,
-         "conditioning": dict, "resolution": dict, "scheduler": dict, "components": dict,
-         "golden": dict, "files": dict},
-    "latent": {"channels": int, "downsample_factor": int, "scaling_factor": (int, float),
-               "shift_factor": (int, float)},
-    "resolution": {"multiple_of": int, "min": list, "max": list, "default": list, "declared": list},
-    "golden": {"file": str, "prompt": str, "negative_prompt": str, "seed": int, "steps": int,
-               "guidance_scale": (int, float), "eta": (int, float), "width": int, "height": int},
-    "source": {"format": str, "sha256": str},
-    "autoencoder": {"kind": str},
-    "conditioning": {"kind": str},
-}
+INTEGRITY = "integrity"
+COMPONENTS = schema.COMPONENTS
+DTYPES = schema.DTYPES
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -46,42 +39,70 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def canonical_sha256(value: Any) -> str:
+    """sha256 of ``value``'s canonical JSON (sorted keys, no spaces, UTF-8)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def integrity_seal(manifest: dict) -> dict:
+    """The manifest's ``integrity`` entry: a hash of everything else, and one per top-level section (so
+    the reader can say which section was edited)."""
+    body = {k: v for k, v in manifest.items() if k != INTEGRITY}
+    return {"sha256": canonical_sha256(body), "sections": {k: canonical_sha256(v)[:16] for k, v in body.items()}}
+
+
+def check_integrity(manifest: dict) -> None:
+    seal = manifest.get(INTEGRITY)
+    if not isinstance(seal, dict) or not isinstance(seal.get("sections"), dict):
+        raise BundleError("manifest.json has no integrity seal: it was not written by `ldm-export build`; rebuild "
+                          "the bundle")
+    want = integrity_seal(manifest)
+    if seal.get("sha256") == want["sha256"]:
+        return
+    was, now = seal["sections"], want["sections"]
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    named = ", ".join(f"'{k}'" for k in changed[:5]) + (" …" if len(changed) > 5 else "")
+    raise BundleError(f"manifest.json was edited after the build (changed: {named or 'its seal'}); every image "
+                      "would differ from the one the bundle was built and verified with; rebuild the bundle or "
+                      "restore its manifest.json")
+
+
 def validate_manifest(m: Any) -> None:
-    """Raise :class:`BundleError` naming the first structural problem of a manifest dict."""
+    """Raise :class:`BundleError` naming the first problem of a manifest dict (version, then every field)."""
     if not isinstance(m, dict):
         raise BundleError(f"manifest.json must hold a JSON object; got {type(m).__name__}")
     version = m.get("schema_version")
     if version != SCHEMA_VERSION:
         raise BundleError(f"unknown bundle schema version {version!r}; this runtime reads version "
                           f"{SCHEMA_VERSION}; rebuild the bundle or install a matching ldm-runtime")
-    for section, keys in _REQUIRED.items():
-        obj = m if not section else m[section]
-        for key, kind in keys.items():
-            if key not in obj:
-                raise BundleError(f"manifest.json: missing key '{(section + '.') if section else ''}{key}'")
-            if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
-                raise BundleError(f"manifest.json: '{(section + '.') if section else ''}{key}' has type "
-                                  f"{type(obj[key]).__name__}")
-    guidance = m.get("guidance", {})
-    if not isinstance(guidance, dict):
-        raise BundleError(f"manifest.json: 'guidance' has type {type(guidance).__name__}")
-    scale = guidance.get("default_scale", 1.0)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-        raise BundleError(f"manifest.json: 'guidance.default_scale' must be a positive number; got {scale!r}")
+    schema.validate(m)
+
+
+def inside(root: Path, rel: str, where: str) -> Path:
+    """``root / rel`` for a manifest path that stays inside the bundle, or a one-line BundleError."""
+    p = PurePosixPath(rel)
+    if (rel.startswith("/") or "\\" in rel or ":" in p.parts[0] or any(part in ("", ".", "..") for part in p.parts)
+            or str(p) != rel):
+        raise BundleError(f"manifest.json: '{where}' = {rel!r} is not a plain relative path inside the bundle")
+    full = root / rel
+    real_root = Path(os.path.realpath(root))
+    real = Path(os.path.realpath(full))
+    if real != real_root and real_root not in real.parents:
+        raise BundleError(f"manifest.json: '{where}' = {rel!r} leads outside the bundle (through a link)")
+    return full
+
+
+def manifest_paths(m: dict) -> dict[str, str]:
+    """Every path the runtime opens, by the manifest field that names it."""
+    paths = {"golden.file": m["golden"]["file"]}
+    if "tokenizer" in m:
+        paths["tokenizer.file"] = m["tokenizer"]["file"]
     for name, comp in m["components"].items():
-        if name not in COMPONENTS:
-            raise BundleError(f"manifest.json: unknown component '{name}'; expected one of {', '.join(COMPONENTS)}")
-        for key in ("file", "inputs", "outputs"):
-            if key not in comp:
-                raise BundleError(f"manifest.json: component '{name}' lacks '{key}'")
-        for io in ("inputs", "outputs"):
-            for tensor, spec in comp[io].items():
-                if spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
-                    raise BundleError(f"manifest.json: {name}.{io}.{tensor} needs a dtype in {DTYPES} "
-                                      f"and a shape list; got {spec}")
-    for required in ("unet", "vae_decoder"):
-        if required not in m["components"]:
-            raise BundleError(f"manifest.json: the bundle has no '{required}' component")
+        paths[f"components.{name}.file"] = comp["file"]
+        if comp.get("external_data"):
+            paths[f"components.{name}.external_data"] = comp["external_data"]
+    return paths
 
 
 @dataclass(frozen=True)
@@ -123,21 +144,30 @@ def read_manifest(root: Path) -> dict:
     if not path.is_file():
         raise BundleError(f"{root} is not a bundle: it has no {MANIFEST}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
         raise BundleError(f"{path} is not valid JSON ({e})") from e
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def open_bundle(root: str | Path, check_hashes: bool = True) -> Bundle:
     """Open and validate a bundle folder; with ``check_hashes`` every file's sha256 is checked."""
     root = Path(root)
     manifest = read_manifest(root)
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        validate_manifest(manifest)  # the version message
+    check_integrity(manifest)
     validate_manifest(manifest)
+    for rel in manifest["files"]:
+        inside(root, rel, f"files.{rel}")
+    for where, rel in manifest_paths(manifest).items():
+        inside(root, rel, where)
+        if rel not in manifest["files"]:
+            raise BundleError(f"manifest.json: '{where}' = {rel!r} has no sha256 entry in 'files'")
     bundle = Bundle(root=root, manifest=manifest)
-    for name, comp in manifest["components"].items():
-        for rel in [comp["file"]] + ([comp["external_data"]] if comp.get("external_data") else []):
-            if rel not in manifest["files"]:
-                raise BundleError(f"manifest.json: {name} file {rel} has no sha256 entry in 'files'")
     if check_hashes:
         bundle.verify_hashes()
     return bundle

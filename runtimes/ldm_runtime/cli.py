@@ -1,35 +1,26 @@
 """``ldm-run``: generate images from a bundle, verify its parity on this device, describe it.
 
-A thin shell: each command builds a small config and calls one library function.
-User errors print as one line on stderr and exit 2; a failed verification exits 1.
+A thin shell: each command builds a small config and calls one library function. Exit codes
+(:mod:`ldm_runtime.exits`): 0 ok, 1 over tolerance, 2 the user's error (one line), 3 our bug.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
+from .cli_types import finite
 from .errors import UserError
+from .exits import OneLineGroup, exit_codes
+from .jsonio import dumps
 from .runners import BACKENDS
 
 
-def user_errors(fn):
-    """Print a UserError as one line without a traceback and exit 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-    return wrapper
+user_errors = exit_codes("ldm-run")
 
 
 def _open(bundle_dir: str, backend: str | None, provider: str | None, low_memory: bool, skip_hash_check: bool):
@@ -58,7 +49,7 @@ def runtime_options(fn):
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ldm-runtime")
 @click.option("-v", "--verbose", is_flag=True, help="More log output.")
 def main(verbose: bool) -> None:
@@ -78,10 +69,10 @@ def main(verbose: bool) -> None:
               help="Inpainting mask, same size as --image: white = repaint, black = keep.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
-@click.option("--guidance", default=None, type=float,
+@click.option("--guidance", default=None, type=finite(),
               help="Classifier-free guidance scale; ≤ 1 turns guidance off. Default: the scale the bundle "
                    "was built with (`ldm-run info` shows it; 7.5 for bundles that record none).")
-@click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0),
               help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
               help="Seed of the first image; image i uses seed + i.")
@@ -102,42 +93,57 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
              skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
+    from .outputs import IMAGE_FORMATS, check_output_file
     from .request import Request
 
+    out = check_output_file(out, "--out", tuple(IMAGE_FORMATS))
+    latents_file = check_output_file(save_latents, "--save-latents", (".npy",)) if save_latents else None
     pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
-    image = _read_image(image_path, "RGB")
-    mask = _read_image(mask_path, "L")
+    image, mask = _read_image(image_path, "RGB"), _read_image(mask_path, "L")
     if not prompts:
         if pipe.conditioning["kind"] == "text":
             raise UserError("this bundle is text-conditioned: give a --prompt")
         prompts = ("",)
-    probe = Request(prompt=prompts[0], width=width, height=height, image=image, mask=mask)
-    pipe.output_size(probe)  # fail on a bad size or missing input before loading anything
-    jobs = [(p, seed + i * images_per_prompt + j) for i, p in enumerate(prompts) for j in range(images_per_prompt)]
-    pipe.components.load_all()
-    results = []
-    with tqdm(total=steps * len(jobs), desc="denoising", unit="step", disable=None) as bar:
-        for prompt, s in jobs:
-            req = Request(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                                 guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise,
-                                 class_label=class_label, image=image, mask=mask)
-            results.append(pipe.generate(req, trace=save_latents is not None, progress=bar))
-    images = [r.image for r in results]
-    grid = images[0] if len(images) == 1 else make_grid(images, cols=images_per_prompt if len(prompts) > 1
-                                                          else min(len(images), 8))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(out)
-    if save_latents:
-        np.save(save_latents, np.stack([np.concatenate(r.latents) for r in results], axis=1))
+    base = Request(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance, eta=eta, width=width,
+                   height=height, noise=noise, class_label=class_label, image=image, mask=mask)
+    jobs = [replace(base, prompt=p, seed=seed + i * images_per_prompt + j)
+            for i, p in enumerate(prompts) for j in range(images_per_prompt)]
+    for req in {r.prompt: r for r in jobs}.values():
+        pipe.check(req)  # a bad size, a missing or foreign input, too many steps: before loading anything
+    results = _generate_all(pipe, jobs, trace=latents_file is not None)
+    _write_outputs(results, out, latents_file, cols=images_per_prompt if len(prompts) > 1 else min(len(jobs), 8))
     total = sum(r.seconds["total"] for r in results)
     overhead = sum(r.overhead_seconds for r in results)
-    h, w = images[0].shape[:2]
-    click.echo(f"wrote {out} ({len(images)} image{'s' if len(images) > 1 else ''} of {w}x{h}, {steps} steps, "
+    h, w = results[0].image.shape[:2]
+    click.echo(f"wrote {out} ({len(jobs)} image{'s' if len(jobs) > 1 else ''} of {w}x{h}, {steps} steps, "
                f"seed {seed}) in {total:.2f} s (runtime overhead {overhead:.3f} s)")
+
+
+def _generate_all(pipe, jobs: list, trace: bool) -> list:
+    from tqdm import tqdm
+
+    pipe.components.load_all()
+    calls = len(pipe.sampler.timesteps(jobs[0].steps))
+    results = []
+    with tqdm(total=calls * len(jobs), desc="denoising", unit="step", disable=None) as bar:
+        for req in jobs:
+            results.append(pipe.generate(req, trace=trace, progress=bar))
+    return results
+
+
+def _write_outputs(results: list, out: Path, latents_file: Path | None, cols: int) -> None:
+    """The image (or grid) and the traced latents, each written atomically."""
+    import numpy as np
+    from PIL import Image
+
+    from .outputs import IMAGE_FORMATS, atomic_write
+
+    images = [r.image for r in results]
+    grid = images[0] if len(images) == 1 else make_grid(images, cols=cols)
+    atomic_write(out, lambda tmp: Image.fromarray(grid).save(tmp, format=IMAGE_FORMATS[out.suffix.lower()]))
+    if latents_file is not None:
+        stacked = np.stack([np.concatenate(r.latents) for r in results], axis=1)
+        atomic_write(latents_file, lambda tmp: np.save(tmp, stacked, allow_pickle=False))
 
 
 def _read_image(path: str | None, mode: str):
@@ -178,7 +184,7 @@ def verify(bundle, as_json, backend, provider, low_memory, skip_hash_check):
 
     report = verify_bundle(_open(bundle, backend, provider, low_memory, skip_hash_check))
     if as_json:
-        click.echo(json.dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
+        click.echo(dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
                                "checks": [c.__dict__ for c in report.checks]}, indent=2))
     else:
         click.echo(format_report(report))
@@ -197,7 +203,7 @@ def info(bundle, as_json):
     b = open_bundle(bundle, check_hashes=False)
     m = b.manifest
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(dumps(m, indent=2))
         return
     res = m["resolution"]
     g = guidance_of(m)

@@ -44,3 +44,7 @@ class NonFiniteOutput(UserError):
 
 class ParityError(UserError):
     """Runtime output differs from the reference by more than the tolerance."""
+
+
+class BelowTolerance(Exception):
+    """Numbers over tolerance (or under a quality target): exit 1, distinct from the user's error (2)."""

@@ -30,9 +30,23 @@ def check_output_file(path: str | Path, what: str, suffixes: tuple[str, ...] | N
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{what} {path}: the folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UserError(f"{what} {path}: cannot write there (permission denied)")
+    if not _can_write_in(parent) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UserError(f"{what} {path}: cannot write in {parent} (read-only or permission denied)")
     return path
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: tried, since permission bits do not tell for root or
+    for read-only file systems."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".ldm-write-check-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
 
 
 def check_output_folder_parent(path: str | Path, what: str) -> Path:
@@ -41,8 +55,9 @@ def check_output_folder_parent(path: str | Path, what: str) -> Path:
     parent = path.absolute().parent
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} {path} is a file, not a folder")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {path}: cannot write in {parent} (permission denied)")
+    existing = next(p for p in (parent, *parent.parents) if p.exists())
+    if not existing.is_dir() or not _can_write_in(existing):
+        raise UserError(f"{what} {path}: cannot write in {existing} (read-only or permission denied)")
     return path
 
 

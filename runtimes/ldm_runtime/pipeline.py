@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from .bundle import Bundle
-from .errors import NonFiniteOutput, UserError
+from .errors import BundleError, NonFiniteOutput, UserError, one_line
 from .noise import make_generator
 from .request import Request
 from .resolution import check_multiple
@@ -133,7 +133,10 @@ class Pipeline:
         self.bundle = bundle
         self.components = components
         m = bundle.manifest
-        self.sampler = DDIMSampler(DDIMConfig.from_scheduler_config(m["scheduler"]))
+        try:
+            self.sampler = DDIMSampler(DDIMConfig.from_scheduler_config(m["scheduler"]))
+        except (UserError, TypeError) as e:  # a value of the right name but the wrong kind
+            raise BundleError(f"manifest.json: 'scheduler' cannot be used: {one_line(e, with_type=False)}") from e
         self.conditioning = m["conditioning"]
         self.guidance = guidance_of(m)
         self.concat = m.get("unet_concat", [])
@@ -151,6 +154,31 @@ class Pipeline:
             raise UserError(f"resolution {w}x{h} is outside the bundle's range {wmin}x{hmin} … {wmax}x{hmax}; "
                             f"rebuild with --resolution {w}x{h}")
         return w, h
+
+    def resolved(self, req: Request) -> Request:
+        """``req`` with the bundle's defaults filled in (the guidance scale)."""
+        return req if req.guidance_scale is not None else replace(req, guidance_scale=self.guidance["default_scale"])
+
+    def check(self, req: Request) -> tuple[int, int]:
+        """Refuse in one line everything about ``req`` that can be refused before a component runs: the
+        numbers, inputs the family does not take, the step count, the size. Returns the output size."""
+        req = self.resolved(req)
+        req.check()
+        family, kind = self.bundle.manifest["family"], self.conditioning["kind"]
+        if kind != "text" and (req.prompt or req.negative_prompt):
+            raise UserError(f"this bundle is {family} and takes no prompt")
+        if req.negative_prompt and not self.guidance["negative_prompt"]:
+            raise UserError("this model's reference pipeline has no negative prompt; leave --negative-prompt out")
+        if kind != "class" and req.class_label is not None:
+            raise UserError(f"this bundle is {family} and takes no class label")
+        if kind == "class":
+            self.class_labels(req.class_label, GUIDANCE_RULES[self.guidance["rule"]](req.guidance_scale))
+        if not self.concat and (req.image is not None or req.mask is not None):
+            raise UserError(f"this bundle is {family} and takes no input image or mask")
+        if "low_res_image" in self.concat and req.mask is not None:
+            raise UserError("this super-resolution bundle takes no mask")
+        self.sampler.timesteps(req.steps)
+        return self.output_size(req)
 
     def output_size(self, req: Request) -> tuple[int, int]:
         """The image size to generate: from the input image where the family takes one."""
@@ -287,9 +315,8 @@ class Pipeline:
     def generate(self, req: Request, trace: bool = False, progress=None) -> GenerateResult:
         start = time.perf_counter()
         self.components.seconds.clear()
-        if req.guidance_scale is None:
-            req = replace(req, guidance_scale=self.guidance["default_scale"])
-        width, height = self.output_size(req)
+        req = self.resolved(req)
+        width, height = self.check(req)
         use_cfg = GUIDANCE_RULES[self.guidance["rule"]](req.guidance_scale)
         cond = self.condition(req, use_cfg)
         timesteps = self.sampler.timesteps(req.steps)

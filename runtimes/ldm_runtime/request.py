@@ -34,6 +34,35 @@ class Request:
     image: np.ndarray | None = field(default=None, repr=False)  # uint8 (H, W, 3): low-res input / image to inpaint
     mask: np.ndarray | None = field(default=None, repr=False)   # uint8 (H, W) or (H, W, 3): white = repaint
 
+    def check(self) -> None:
+        """Refuse, in one line, a field no sampler can use (types, finite numbers, ranges)."""
+        import math
+
+        from .errors import UserError
+
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise UserError(f"{name} must be text; got {type(getattr(self, name)).__name__}")
+        for name, lo in (("steps", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise UserError(f"{name} must be an integer ≥ {lo}; got {v!r}")
+        if self.seed >= 2**64:
+            raise UserError(f"seed must be below 2**64; got {self.seed}")
+        for name, lo in (("guidance_scale", None), ("eta", 0.0)):
+            v = getattr(self, name)
+            if v is None and name == "guidance_scale":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (lo is not None
+                                                                                                   and v < lo):
+                raise UserError(f"{name} must be a finite number{f' ≥ {lo:g}' if lo is not None else ''}; got {v!r}")
+        for name in ("width", "height", "class_label"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise UserError(f"{name} must be an integer; got {v!r}")
+        if self.noise not in ("torch", "numpy"):
+            raise UserError(f"noise must be 'torch' or 'numpy'; got {self.noise!r}")
+
     def to_manifest(self, file: str) -> dict:
         """The manifest's ``golden`` entry for this request, its arrays stored in ``file``."""
         entry: dict = {"file": file}

@@ -348,7 +348,19 @@ class DDIMSampler:
             step_ratio = num_train_timesteps / num_inference_steps
             timesteps = np.round(np.arange(num_train_timesteps, 0, -step_ratio)).astype(np.int64)
             timesteps -= 1
+        if timesteps.size and int(timesteps.max()) >= num_train_timesteps:
+            raise UserError(f"{num_inference_steps} steps are too many for this scheduler: its {spacing} spacing "
+                            f"with steps_offset {self.config.steps_offset} would reach timestep "
+                            f"{int(timesteps.max())} of {num_train_timesteps}; use at most "
+                            f"{self.max_steps()} steps")
         return np.ascontiguousarray(timesteps)
+
+    def max_steps(self) -> int:
+        """The most inference steps this schedule can take (diffusers' DDIMScheduler fails beyond it too)."""
+        n = self.config.num_train_timesteps
+        if self.config.timestep_spacing != "leading":
+            return n
+        return max(k for k in range(1, n + 1) if (k - 1) * (n // k) + self.config.steps_offset <= n - 1)
 
     def alpha_prods(self, timestep: int, num_inference_steps: int) -> tuple[np.float32, np.float32]:
         """(α_t, α_{t-1}) for one step."""

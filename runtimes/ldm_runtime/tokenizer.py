@@ -34,6 +34,7 @@ SPEC_KIND = "clip"  # the original kind; kept for importers
 SPEC_KINDS = {"clip": ("CLIP", "BPE"), "bert": ("BERT", "WordPiece")}
 _REQUIRED_INT_KEYS = ("model_max_length", "pad_token_id", "bos_token_id", "eos_token_id")
 _SIDES = ("right", "left")
+_QUOTE = 80  # characters of dropped prompt text quoted in the truncation warning
 
 
 def _import_tokenizer_class():
@@ -81,6 +82,7 @@ class Tokenizer:
         self._truncation_side: str = spec.get("truncation_side", "right")
         self._json = tokenizer_json
         self._raw: Any = None  # untruncated, unpadded copy; built on first truncation
+        self._warned: set[str] = set()  # prompts already warned about (a grid encodes each several times)
 
         pad_token = tokenizer.id_to_token(self.pad_token_id)
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
@@ -139,6 +141,9 @@ class Tokenizer:
         return ids
 
     def _warn_truncated(self, prompt: str) -> None:
+        if prompt in self._warned:
+            return
+        self._warned.add(prompt)
         if self._raw is None:
             backend_cls = _import_tokenizer_class()
             raw = backend_cls.from_str(self._json)
@@ -161,6 +166,8 @@ class Tokenizer:
         if suffix:
             text = text.replace(suffix, " ")
         text = " ".join(text.split())
+        if len(text) > _QUOTE:
+            text = text[:_QUOTE - 1] + "…"
         logger.warning(
             "The prompt was truncated because %s can only handle sequences up to %d tokens; "
             "%d token(s) dropped: %r", self._name, self.model_max_length, n_dropped, text,

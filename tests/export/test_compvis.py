@@ -252,8 +252,9 @@ def test_ckpt_with_pickled_code_is_refused_not_executed(saved, tmp_path):
     marker = tmp_path / "executed.marker"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": load_file(str(ckpt)), "callbacks": _Payload(marker)}, evil)
-    with pytest.raises(UserError, match="contains pickled code .*that ldm-export will not execute; "
-                                        "convert it to .safetensors") as e:
+    with pytest.raises(UserError, match="holds pickled code .*and loading it would run arbitrary code, so "
+                                        "ldm-export refuses it; if you trust the file, convert it to .safetensors"
+                       ) as e:
         convert_checkpoint(evil, cfg)
     _one_line_error(e)
     assert not marker.exists()

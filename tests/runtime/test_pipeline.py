@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -13,6 +12,7 @@ from ldm_runtime.errors import NonFiniteOutput, UserError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
 from ldm_runtime.runners import RunnerOptions
+from tests.bundle_edits import copy_bundle, edit
 
 
 def _pipeline(root, low_memory=False, check_hashes=True):
@@ -60,11 +60,8 @@ def test_timings_and_overhead(pipe):
 def test_the_bundles_default_guidance_scale_applies_when_none_is_given(tiny_bundle, tmp_path):
     """Request without a scale (ldm-run generate without --guidance) uses the manifest's default_scale."""
     assert open_bundle(tiny_bundle).manifest["guidance"]["default_scale"] == 7.5  # a model other than the demo
-    root = tmp_path / "b"
-    shutil.copytree(tiny_bundle, root)
-    m = json.loads((root / "manifest.json").read_text())
-    m["guidance"]["default_scale"] = 2.0
-    (root / "manifest.json").write_text(json.dumps(m))
+    root = copy_bundle(tiny_bundle, tmp_path / "b")
+    edit(root, lambda m: m["guidance"].update(default_scale=2.0))
     p = _pipeline(root)
     got = p.generate(Request(prompt="a cat", steps=2)).decoded
     np.testing.assert_array_equal(got, p.generate(Request(prompt="a cat", steps=2, guidance_scale=2.0)).decoded)
@@ -80,13 +77,13 @@ def test_guidance_off_uses_batch_of_one(pipe):
 
 def test_fixed_batch_one_components_run_twice_per_step(tiny_bundle, tmp_path, pipe):
     """A UNet/text encoder with a static batch of 1 runs guidance as two calls, with the same result."""
-    root = tmp_path / "b"
-    shutil.copytree(tiny_bundle, root)
-    m = json.loads((root / "manifest.json").read_text())
-    for name in ("text_encoder", "unet"):
-        for spec in m["components"][name]["inputs"].values():
-            spec["shape"][0] = 1
-    (root / "manifest.json").write_text(json.dumps(m))
+    root = copy_bundle(tiny_bundle, tmp_path / "b")
+
+    def batch_of_one(m):
+        for name in ("text_encoder", "unet"):
+            for spec in m["components"][name]["inputs"].values():
+                spec["shape"][0] = 1
+    edit(root, batch_of_one)
     fixed = _pipeline(root)
     cfg = Request(prompt="a red circle", steps=3, seed=1)
     a, b = fixed.generate(cfg, trace=True), pipe.generate(cfg, trace=True)
@@ -117,25 +114,10 @@ def test_low_memory_keeps_one_component_resident(tiny_bundle, pipe):
     np.testing.assert_array_equal(r.image, pipe.generate(cfg).image)
 
 
-def _nan_decoder(path):
-    """An ONNX 'decoder' whose output is always NaN (sqrt of a negative number)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("latent", TensorProto.FLOAT, ["batch", 4, "h", "w"])
-    y = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4, "h", "w"])
-    neg = helper.make_tensor("neg", TensorProto.FLOAT, [], [-1.0])
-    nodes = [helper.make_node("Abs", ["latent"], ["a"]), helper.make_node("Mul", ["a", "neg"], ["b"]),
-             helper.make_node("Sub", ["b", "neg"], ["c"]), helper.make_node("Sub", ["b", "c"], ["d"]),
-             helper.make_node("Sqrt", ["d"], ["image"])]
-    graph = helper.make_graph(nodes, "nan", [x], [y], initializer=[neg])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-
-
-def test_nan_output_names_component_and_stage(tiny_bundle, tmp_path):
+def test_nan_output_names_component_and_stage(tiny_bundle, runtime_fixtures, tmp_path):
     root = tmp_path / "b"
     shutil.copytree(tiny_bundle, root)
-    _nan_decoder(root / "vae_decoder.onnx")
+    shutil.copy(runtime_fixtures / "nan_decoder.onnx", root / "vae_decoder.onnx")  # always NaN
     p = _pipeline(root, check_hashes=False)
     with pytest.raises(NonFiniteOutput, match=r"vae_decoder produced \d+ NaN/Inf values in 'image' at decoding"):
         p.generate(Request(prompt="x", steps=1))

@@ -44,4 +44,4 @@ def load_checkpoint(checkpoint: Path, config: Path, tokenizer: Path | None) -> L
         modules=Modules(unet=unet, vae=vae, text_encoder=text), scheduler_config=parts["scheduler_config"],
         autoencoder_kind="kl", latent=latent_of(vae),
         conditioning=Conditioning("text", text=text_of(text, "clip", tokenizer)), guidance=Guidance(),
-        **unet_facts(unet))
+        **unet_facts(unet, vae))

@@ -17,9 +17,9 @@ def _pickle_refusal(path: Path, err: BaseException) -> UserError:
     m = re.search(r"GLOBAL ([\w.]+)", str(err))
     what = f" ({m[1]})" if m else ""
     return UserError(
-        f"cannot convert {path}: it contains pickled code{what} that ldm-export will not execute; "
-        f"convert it to .safetensors in an environment you trust (torch.load with weights_only=False, "
-        f"then safetensors.torch.save_file of its state_dict) and pass that file instead")
+        f"cannot convert {path}: it holds pickled code{what}, and loading it would run arbitrary code, so "
+        f"ldm-export refuses it; if you trust the file, convert it to .safetensors in an environment you trust "
+        f"(torch.load with weights_only=False, then safetensors.torch.save_file of its state_dict) and pass that")
 
 
 def _read_state_dict(path: Path) -> dict[str, Any]:

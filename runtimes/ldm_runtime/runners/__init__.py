@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import BundleError, UserError
 from .base import Runner, RunnerOptions
 
 RUNNERS: dict[str, str] = {
@@ -29,7 +29,11 @@ def runner_class(backend: str) -> type[Runner]:
 
 def default_backend(manifest: dict) -> str:
     """The backend the bundle was built for (``backend.name`` in its manifest)."""
-    return manifest["backend"]["name"]
+    name = manifest["backend"]["name"]
+    if name not in RUNNERS:
+        raise BundleError(f"the bundle was built for backend '{name}', which this ldm-runtime does not have (it "
+                          f"has {', '.join(BACKENDS)}); upgrade ldm-runtime or pass --backend")
+    return name
 
 
 def make_runner(backend: str, name: str, model_path: Path, spec: dict,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendUnavailable, UserError, one_line
+from ..errors import BackendUnavailable, BundleError, UserError, one_line
 from .base import Runner, RunnerOptions
 
 # Preferred execution providers, best first; the first one installed wins.
@@ -64,6 +64,19 @@ def trim_heap() -> None:
         _malloc_trim(0)
 
 
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
+              "tensor(int32)": "int32"}
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a file it cannot load (its own types, and OSError)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "NoSuchFile", "NoModel", "EPFail",
+             "NotImplemented")
+    return (OSError, *(getattr(state, n) for n in names if hasattr(state, n)))
+
+
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
 
@@ -89,12 +102,25 @@ class OnnxRuntimeRunner(Runner):
             options.enable_mem_pattern = False
         try:
             self._session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise UserError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
-                            f"{one_line(e, with_type=False)}") from e
+        except _load_errors() as e:  # the file, not our code: an invalid or foreign graph, a provider that fails
+            raise BundleError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
+                              f"{one_line(e, with_type=False)}") from e
         if self.low_memory:
             trim_heap()  # the parsed model file (weights stored inline) is garbage once the session exists
+        self._check_graph_io()
         self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _check_graph_io(self) -> None:
+        """The graph's inputs and outputs are the ones the manifest says (a swapped file is caught here)."""
+        for kind, actual, wanted in (("inputs", self._session.get_inputs(), self.spec["inputs"]),
+                                     ("outputs", self._session.get_outputs(), self.spec["outputs"])):
+            got = {a.name: (_ORT_TYPES.get(a.type, a.type), len(a.shape)) for a in actual}
+            want = {k: (v["dtype"], len(v["shape"])) for k, v in wanted.items()}
+            if got != want:
+                raise BundleError(f"{self.name}: {self.model_path.name} has {kind} "
+                                  f"{', '.join(f'{k} {t}[{r}]' for k, (t, r) in sorted(got.items()))} but the "
+                                  f"manifest says {', '.join(f'{k} {t}[{r}]' for k, (t, r) in sorted(want.items()))}; "
+                                  "the bundle is damaged or its files were swapped: rebuild or re-copy it")
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(self._output_names, feeds)
