@@ -9,7 +9,6 @@ never the source model or a folder that holds it or lies inside it, never anythi
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 from ldm_runtime.bundle import INTEGRITY, MANIFEST, SCHEMA_VERSION, integrity_seal, sha256_file, validate_manifest
 from ldm_runtime.errors import UserError
 from ldm_runtime.jsonio import dumps
-from ldm_runtime.outputs import check_output_folder_parent, write_failure
+from ldm_runtime.outputs import FULL, check_output_folder_parent, write_failure
 
 
 def is_bundle(path: Path) -> bool:
@@ -69,7 +68,7 @@ def staging_folder(out: Path) -> Iterator[Path]:
         yield staging
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno in FULL:
             raise write_failure(out, e) from e
         raise
     except BaseException:  # KeyboardInterrupt too: never leave a half bundle

@@ -15,6 +15,7 @@ from typing import Callable
 
 from .errors import UserError, one_line
 
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no room: the disk, a quota, a file-size limit
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
                  ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -63,9 +64,9 @@ def check_output_folder_parent(path: str | Path, what: str) -> Path:
 
 def write_failure(path: Path, exc: OSError) -> UserError:
     """The one line for an OSError while writing ``path``."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return UserError(f"cannot write {path}: the disk is full; nothing was written; free some space and run "
-                         "the command again")
+    if exc.errno in FULL:
+        return UserError(f"cannot write {path}: the disk is full (or a file-size limit was reached); nothing was "
+                         "written; free some space and run the command again")
     return UserError(f"cannot write {path}: {one_line(exc, with_type=False)}; nothing was written")
 
 

@@ -75,8 +75,16 @@ def obj(fields: dict[str, Check] | None = None, optional: dict[str, Check] | Non
                                   f"manifest.json: missing key '{key}'")
             sub(v[key], f"{where}.{key}" if where else key)
         for key, sub in (optional or {}).items():
-            if key in v and v[key] is not None:
+            if key in v:
                 sub(v[key], f"{where}.{key}" if where else key)
+    return check
+
+
+def nullable(inner: Check) -> Check:
+    """``inner``, or JSON null (an optional field written as null means: none)."""
+    def check(v, where):
+        if v is not None:
+            inner(v, where)
     return check
 
 
@@ -115,7 +123,7 @@ def rel_path(v, where):
 SIZE = list_of(integer(1, MAX_SIDE), length=2)
 TENSOR = obj({"dtype": text(DTYPES), "shape": list_of(dim, min_len=1)})
 COMPONENT = obj({"file": rel_path, "inputs": dict_of(TENSOR, min_len=1), "outputs": dict_of(TENSOR, min_len=1)},
-                {"external_data": rel_path, "precision": text()})
+                {"external_data": nullable(rel_path), "precision": text()})
 
 MANIFEST = obj({
     "family": text(FAMILIES), "target": text(), "precision": text(), "producer": obj(),
@@ -128,12 +136,18 @@ MANIFEST = obj({
     "conditioning": obj({"kind": text(("text", "class", "none"))}),
     "resolution": obj({"multiple_of": integer(1, MAX_SIDE), "min": SIZE, "max": SIZE, "default": SIZE,
                        "declared": list_of(SIZE, min_len=1)}),
-    "scheduler": obj(),
+    "scheduler": obj(optional={
+        "num_train_timesteps": integer(1, 100_000), "beta_start": number(0.0), "beta_end": number(0.0),
+        "beta_schedule": text(), "trained_betas": nullable(list_of(number(0.0), min_len=1)),
+        "clip_sample": boolean, "clip_sample_range": number(positive=True), "set_alpha_to_one": boolean,
+        "steps_offset": integer(0, 1000), "prediction_type": text(), "timestep_spacing": text(),
+        "rescale_betas_zero_snr": boolean, "thresholding": boolean, "dynamic_thresholding_ratio": number(0.0),
+        "sample_max_value": number(positive=True)}),
     "components": dict_of(COMPONENT, min_len=2),
     "golden": obj({"file": rel_path, "prompt": text(), "negative_prompt": text(), "seed": integer(0, 2**64 - 1),
                    "steps": integer(1), "guidance_scale": number(), "eta": number(0.0), "width": integer(1),
                    "height": integer(1)},
-                  {"noise": text(NOISE), "class_label": integer(0), "expected": text(("torch", "bundle"))}),
+                  {"noise": text(NOISE), "class_label": nullable(integer(0)), "expected": text(("torch", "bundle"))}),
     "files": dict_of(text(pattern=_HEX64), min_len=1),
 }, {
     "guidance": obj({"rule": text(GUIDANCE_RULES)}, {"negative_prompt": boolean,
@@ -160,9 +174,7 @@ def _check_conditioning(m: dict) -> None:
         obj({"max_length": integer(1), "hidden_size": integer(1)})(cond, "conditioning")
     elif cond["kind"] == "class":
         obj({"num_classes": integer(1), "via": text(("unet", "context"))})(cond, "conditioning")
-        null = cond.get("null_class")
-        if null is not None:
-            integer(0, cond["num_classes"] - 1)(null, "conditioning.null_class")
+        nullable(integer(0, cond["num_classes"] - 1))(cond.get("null_class"), "conditioning.null_class")
 
 
 # the inputs and outputs each component's graph has, by name (the runtime feeds and reads these)

@@ -24,7 +24,7 @@ from ldm_runtime.errors import BundleError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.verify import golden_request, load_golden, missing_golden
 
-EXAMPLES = 2000
+EXAMPLES = int(__import__("os").environ.get("LDM_FUZZ_EXAMPLES", 2000))
 GOLDEN = "golden/golden.npz"
 
 ODD_VALUES = st.one_of(
