@@ -131,14 +131,15 @@ def _first_supported(op: str, version: int | None, opset: int) -> TrtVersion | N
     return next((r.since for r in PARSER_SUPPORT if _verdict(op, version, opset, r) is None), None)
 
 
-def _subgraphs(node: Any) -> Iterator[Any]:
+def _subgraphs(node: Any) -> Iterator[tuple[str, Any]]:
+    """(attribute name, graph) of the bodies of If/Loop/Scan."""
     from onnx import AttributeProto
 
     for a in node.attribute:
         if a.type == AttributeProto.GRAPH:
-            yield a.g
+            yield a.name, a.g
         elif a.type == AttributeProto.GRAPHS:
-            yield from a.graphs
+            yield from ((f"{a.name}[{i}]", g) for i, g in enumerate(a.graphs))
 
 
 def _walk(graph: Any, opsets: dict[str, int], functions: dict[tuple[str, str], Any], row: ParserSupport,
@@ -161,8 +162,8 @@ def _walk(graph: Any, opsets: dict[str, int], functions: dict[tuple[str, str], A
         if why:
             out.append(UnsupportedNode(name, node.op_type, "ai.onnx", version, why,
                                        _first_supported(node.op_type, version, opset)))
-        for sub in _subgraphs(node):
-            _walk(sub, opsets, functions, row, out, prefix=f"{name}/")
+        for attr, sub in _subgraphs(node):
+            _walk(sub, opsets, functions, row, out, prefix=f"{name}/{attr}/")
 
 
 def _load(model: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import UserError
 from .device import HW_LEVELS, DeviceDescription
 from .imports import require_tensorrt
-from .versions import TrtVersion, check_supported, deprecated, has
+from .versions import MINIMUM, TrtVersion, check_supported, deprecated, enum_member, has
 
 if TYPE_CHECKING:  # types for mypy only; at run time tensorrt is imported inside the functions
     import tensorrt as trt
@@ -183,13 +183,13 @@ def _builder_config(builder: trt.Builder, network: trt.INetworkDefinition, optio
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, ws)
     config.builder_optimization_level = options.optimization_level
     for name in builder_flag_names(options):
-        config.set_flag(getattr(trt.BuilderFlag, name))
+        config.set_flag(_member(trt.BuilderFlag, name))
     for weight in options.refit_weights:
         if not network.mark_weights_refittable(weight):
             raise UserError(f"{component}: no weights named '{weight}' to mark refittable; expected an "
                             "initializer name of the ONNX graph")
     if options.hardware_compatibility_level != "NONE":
-        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
+        config.hardware_compatibility_level = _member(trt.HardwareCompatibilityLevel,
                                                       options.hardware_compatibility_level)
     for p in profiles:
         profile = builder.create_optimization_profile()
@@ -200,6 +200,17 @@ def _builder_config(builder: trt.Builder, network: trt.INetworkDefinition, optio
         _load_timing_cache(config, options.timing_cache, report)
     config.progress_monitor = _progress_monitor(component, report)
     return config
+
+
+def _member(enum: Any, name: str) -> Any:
+    """A TensorRT enum member by NAME (the numbers differ between 10.x and 11.x)."""
+    import tensorrt as trt
+
+    member = enum_member(enum, name)
+    if member is None:
+        raise UserError(f"this TensorRT ({trt.__version__}) has no {enum.__name__}.{name}; expected TensorRT "
+                        f"{MINIMUM.short} … 11.x; try another --refittable / --hardware-compatibility")
+    return member
 
 
 def _load_timing_cache(config: trt.IBuilderConfig, path: Path, report: Report) -> None:

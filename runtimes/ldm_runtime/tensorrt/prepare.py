@@ -27,6 +27,7 @@ from ..errors import UserError
 from .builder import BuildOptions, build_engine, builder_flag_names, workspace_bytes
 from .cache import ENGINES_DIR, EngineCache, EngineKey, engine_meta
 from .device import DeviceDescription, describe_device
+from .imports import require_tensorrt
 from .profiles import bundle_profiles
 
 
@@ -62,6 +63,7 @@ def prepare_bundle(root: str | Path, options: BuildOptions = BuildOptions(), *, 
     if unknown:
         raise UserError(f"the bundle has no component {', '.join(unknown)}; it has "
                         f"{', '.join(manifest['components'])}")
+    require_tensorrt()   # the install line first: without TensorRT the GPU question does not matter
     device = describe_device(device_index)
     report(f"preparing TensorRT engines for {device.summary()}")
     cache = EngineCache(cache_dir or root / ENGINES_DIR)
