@@ -63,6 +63,7 @@ class TensorRTRunner(Runner):
         self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "engines"
         self.device_index = device
         self._arena = arena
+        self._runtime: trt.Runtime | None = None   # outlives the engine it deserialized
         self._engine: trt.ICudaEngine | None = None
         self._context: trt.IExecutionContext | None = None
         self._stream: Any = None
@@ -72,6 +73,13 @@ class TensorRTRunner(Runner):
 
     # -- 1. + 2. load ------------------------------------------------------
     def _load(self) -> None:
+        try:
+            self._load_engine()
+        except BaseException:
+            self._release()   # what was allocated before the failure
+            raise
+
+    def _load_engine(self) -> None:
         require_tensorrt()
         import tensorrt as trt
 
@@ -84,7 +92,7 @@ class TensorRTRunner(Runner):
         cache = EngineCache(self.cache_dir)
         onnx_sha, data_sha = graph_hashes(self.model_path)
         entry = cache.lookup(self.name, onnx_sha, device, str(self.model_path.parent), data_sha)
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(entry.plan.read_bytes())
         if engine is None:
             raise UserError(f"{self.name}: TensorRT could not load {entry.plan} (see its log above); expected an "
@@ -168,8 +176,9 @@ class TensorRTRunner(Runner):
     def _release(self) -> None:
         from ..tensorrt import cuda
 
-        self._context = None
+        self._context = None   # context, then engine, then runtime: the order TensorRT requires
         self._engine = None
+        self._runtime = None
         for b in self._buffers.values():
             b.free()
         self._buffers.clear()
