@@ -106,3 +106,24 @@ def test_runtime_tensorrt_modules_import_with_torch_blocked():
             "print(heavy)\n")
     out = subprocess.run(blocked_python(code), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_build_sides_child_process_answers_in_one_line_without_tensorrt(tiny_bundle, tmp_path):
+    """`python -m ldm_runtime.tensorrt.prepare` (what engines.build_engines runs, torch-free) exits 2
+    with the install line when TensorRT is missing."""
+    if tensorrt_installed():
+        pytest.skip("TensorRT is installed here")
+    code = ("import sys\nfrom ldm_runtime.tensorrt.prepare import main\n"
+            f"sys.exit(main([{str(tiny_bundle)!r}, '--workspace', '512M', '--json', {str(tmp_path / 'r.json')!r}]))\n")
+    p = subprocess.run(blocked_python(code), capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and INSTALL in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_sizes():
+    from ldm_runtime.tensorrt.prepare import parse_size
+
+    assert parse_size("512M") == parse_size("512MiB") == 512 << 20
+    assert parse_size("2G") == 2 << 30 and parse_size("1073741824") == 1 << 30
+    with pytest.raises(UserError, match="try 1G"):
+        parse_size("lots")

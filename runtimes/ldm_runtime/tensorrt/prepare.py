@@ -85,7 +85,7 @@ def prepare_bundle(root: str | Path, options: BuildOptions = BuildOptions(), *, 
     return done
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
     """'512M', '2G', '1073741824' -> bytes."""
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ldm_runtime.tensorrt.prepare")
     ap.add_argument("bundle")
     ap.add_argument("--manifest", help="a manifest JSON to use instead of BUNDLE/manifest.json")
-    ap.add_argument("--workspace", type=_size)
+    ap.add_argument("--workspace", type=parse_size)
     ap.add_argument("--timing-cache", type=Path)
     ap.add_argument("--refittable", choices=("none", "all", "individual"), default="none")
     ap.add_argument("--hardware-compatibility", default="NONE")
