@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install torch==2.13.0 -e "./runtimes[onnxruntime]" -e ".[dev]"
+.venv/bin/pip install --no-deps tensorrt-stubs==10.13.0.35.1   # type stubs only: tests/tensorrt/test_typecheck.py
 .venv/bin/python -m pytest "$@"
 rm -rf .runtime-fixtures
 .venv/bin/python -m tests.fixtures .runtime-fixtures

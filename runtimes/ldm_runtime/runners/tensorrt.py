@@ -1,0 +1,189 @@
+"""TensorRT runner: the engine built for this GPU from the component's ONNX graph.
+
+1. Find the engine: ``BUNDLE/engines/<key>/<component>.plan`` whose metadata matches this device
+   (TensorRT version, compute capability or compatibility level; :mod:`ldm_runtime.tensorrt.cache`),
+   or refuse in one line naming ``ldm-run prepare BUNDLE``.
+2. Deserialize it; allocate one device buffer per input and output, sized for the largest shape of
+   the engine's optimization profile, once, and bind them (``set_tensor_address``) once.
+3. Each call: ``set_input_shape`` and copy the inputs in, ``execute_async_v3`` on the runner's stream,
+   copy the outputs out, synchronize. Only inputs and outputs cross to the host.
+4. ``low_memory``: the execution context uses the USER_MANAGED allocation strategy with the process's
+   one activation block (:func:`~ldm_runtime.tensorrt.memory.shared_arena`), sized to the largest
+   engine of the bundle for this device; the pipeline keeps one component resident at a time.
+
+tensorrt and cuda-python are imported when a runner loads, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..bundle import MANIFEST, sha256_file
+from ..errors import BundleError, UserError
+from ..tensorrt.imports import require_tensorrt
+from .base import Runner
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+    from ..tensorrt.memory import DeviceArena, DeviceBuffer
+
+
+def graph_hashes(model_path: Path) -> tuple[str, str | None]:
+    """sha256 of the component's ONNX file and of its external data (None without), from the bundle's
+    manifest when the file is listed there (the bundle was checked on open), else computed."""
+    data = model_path.with_name(model_path.name + ".data")
+    files: dict[str, str] = {}
+    manifest = model_path.parent / MANIFEST
+    if manifest.is_file():
+        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+
+    def digest(p: Path) -> str:
+        return files.get(p.name) or sha256_file(p)
+
+    return digest(model_path), (digest(data) if data.is_file() else None)
+
+
+def dims(d: trt.Dims) -> tuple[int, ...]:
+    """A ``trt.Dims`` as a tuple (Dims indexes like a sequence but defines no ``__iter__``)."""
+    return tuple(int(d[i]) for i in range(len(d)))
+
+
+class TensorRTRunner(Runner):
+    backend = "tensorrt"
+
+    def __init__(self, name: str, model_path: Path, spec: dict[str, Any], low_memory: bool = False,
+                 cache_dir: Path | None = None, device: int = 0, arena: DeviceArena | None = None):
+        super().__init__(name, model_path, spec)
+        self.low_memory = low_memory
+        self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "engines"
+        self.device_index = device
+        self._arena = arena
+        self._runtime: trt.Runtime | None = None   # outlives the engine it deserialized
+        self._engine: trt.ICudaEngine | None = None
+        self._context: trt.IExecutionContext | None = None
+        self._stream: Any = None
+        self._buffers: dict[str, DeviceBuffer] = {}
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        self._profile: dict[str, dict[str, list[int]]] = {}
+
+    # -- 1. + 2. load ------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            self._load_engine()
+        except BaseException:
+            self._release()   # what was allocated before the failure
+            raise
+
+    def _load_engine(self) -> None:
+        require_tensorrt()
+        import tensorrt as trt
+
+        from ..tensorrt import cuda
+        from ..tensorrt.cache import EngineCache
+        from ..tensorrt.device import describe_device
+
+        device = describe_device(self.device_index)
+        cuda.set_device(self.device_index)
+        cache = EngineCache(self.cache_dir)
+        onnx_sha, data_sha = graph_hashes(self.model_path)
+        entry = cache.lookup(self.name, onnx_sha, device, str(self.model_path.parent), data_sha)
+        self._runtime = runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        engine = runtime.deserialize_cuda_engine(entry.plan.read_bytes())
+        if engine is None:
+            raise UserError(f"{self.name}: TensorRT could not load {entry.plan} (see its log above); expected an "
+                            f"engine for TensorRT {device.tensorrt_version}; try ldm-run prepare "
+                            f"{self.model_path.parent} --force")
+        self._engine, self._stream = engine, cuda.stream_create()
+        self._check_io(engine)
+        self._context = self._make_context(engine, cache.max_device_memory(device))
+        self._allocate(engine, self._context)
+
+    def _check_io(self, engine: trt.ICudaEngine) -> None:
+        import tensorrt as trt
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        expected = {**self.spec["inputs"], **self.spec["outputs"]}
+        if sorted(names) != sorted(expected):
+            raise BundleError(f"{self.name}: the engine's tensors {sorted(names)} are not the bundle's "
+                              f"{sorted(expected)}; rebuild it with ldm-run prepare {self.model_path.parent} --force")
+        for n in names:
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(n)))
+            if dtype != np.dtype(expected[n]["dtype"]):
+                raise BundleError(f"{self.name}.{n}: the engine takes {dtype}; expected {expected[n]['dtype']}")
+            self._dtypes[n] = dtype
+            if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT:
+                lo, opt, hi = engine.get_tensor_profile_shape(n, 0)
+                self._profile[n] = {"min": list(dims(lo)), "opt": list(dims(opt)), "max": list(dims(hi))}
+
+    def _make_context(self, engine: trt.ICudaEngine, bundle_max: int) -> trt.IExecutionContext:
+        import tensorrt as trt
+
+        from ..tensorrt.memory import shared_arena
+
+        if not self.low_memory:
+            return engine.create_execution_context()
+        context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        size = int(engine.device_memory_size_v2)
+        self._arena = self._arena or shared_arena()
+        ptr = self._arena.acquire(max(size, bundle_max), self)
+        context.set_device_memory(ptr, size)
+        return context
+
+    def _allocate(self, engine: trt.ICudaEngine, context: trt.IExecutionContext) -> None:
+        """One buffer per tensor for the profile's largest shape; outputs sized by shape inference."""
+        from ..tensorrt.memory import DeviceBuffer
+
+        for name, p in self._profile.items():
+            if not context.set_input_shape(name, tuple(p["max"])):
+                raise RuntimeError(f"{self.name}.{name}: TensorRT refused its own profile's max shape {p['max']}")
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            shape = dims(context.get_tensor_shape(name))
+            self._buffers[name] = DeviceBuffer(int(np.prod(shape)) * self._dtypes[name].itemsize)
+            if not context.set_tensor_address(name, self._buffers[name].ptr):
+                raise RuntimeError(f"{self.name}.{name}: set_tensor_address failed")
+
+    # -- 3. run ------------------------------------------------------------
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..tensorrt import cuda
+        from ..tensorrt.profiles import check_shape
+
+        context = self._context
+        assert context is not None
+        staged = []
+        for name, array in feeds.items():
+            host = np.ascontiguousarray(array, dtype=self._dtypes[name])
+            check_shape(self.name, self._profile, name, host.shape)
+            if not context.set_input_shape(name, host.shape):
+                raise RuntimeError(f"{self.name}.{name}: set_input_shape{host.shape} failed inside the profile")
+            cuda.copy_to_device(self._buffers[name].ptr, host, self._stream)
+            staged.append(host)  # alive until the stream is synchronized
+        if not context.execute_async_v3(cuda.stream_handle(self._stream)):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed (see TensorRT's log above)")
+        out = {}
+        for name in self.spec["outputs"]:
+            out[name] = np.empty(dims(context.get_tensor_shape(name)), dtype=self._dtypes[name])
+            cuda.copy_to_host(out[name], self._buffers[name].ptr, self._stream)
+        cuda.stream_synchronize(self._stream)
+        return out
+
+    # -- release -----------------------------------------------------------
+    def _release(self) -> None:
+        from ..tensorrt import cuda
+
+        self._context = None   # context, then engine, then runtime: the order TensorRT requires
+        self._engine = None
+        self._runtime = None
+        for b in self._buffers.values():
+            b.free()
+        self._buffers.clear()
+        if self._arena is not None:
+            self._arena.release(self)
+        if self._stream is not None:
+            cuda.stream_destroy(self._stream)
+            self._stream = None
