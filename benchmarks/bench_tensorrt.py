@@ -65,32 +65,28 @@ class DeviceMemoryPeak:
 
 def components(bundle, backend: str, low_memory: bool):
     from ldm_runtime.pipeline import Components
-    from ldm_runtime.runners.tensorrt import TensorRTRunner
+    from ldm_runtime.runners import RunnerOptions
 
     if backend == "ort-cuda":
-        return Components(bundle, low_memory=low_memory,
-                          providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    c = Components.__new__(Components)  # TensorRT runners, until make_runner knows the backend
-    c.bundle, c.low_memory, c.seconds = bundle, low_memory, {}
-    c._runners = {n: TensorRTRunner(n, bundle.path(s["file"]), s, low_memory=low_memory)
-                  for n, s in bundle.manifest["components"].items()}
-    return c
+        return Components(bundle, backend="onnxruntime", options=RunnerOptions(provider="cuda", low_memory=low_memory))
+    return Components(bundle, backend="tensorrt", options=RunnerOptions(low_memory=low_memory))
 
 
 def worker(args: argparse.Namespace) -> None:
     from ldm_runtime.bundle import open_bundle
-    from ldm_runtime.pipeline import GenerateConfig, Pipeline
+    from ldm_runtime.pipeline import Pipeline
+    from ldm_runtime.request import Request
 
     bundle = open_bundle(args.bundle)
     memory = DeviceMemoryPeak()
-    cfg = GenerateConfig(prompt=PROMPT if bundle.has_text_encoder else "", steps=args.steps, seed=0,
+    cfg = Request(prompt=PROMPT if bundle.has_text_encoder else "", steps=args.steps, seed=0,
                          guidance_scale=args.guidance)
     with memory:
         pipeline = Pipeline(bundle, components(bundle, args.worker, args.low_memory))
         pipeline.generate(cfg)                            # warm-up: engines/sessions load, kernels tune
         e2e, step = [], []
         for i in range(args.repeats):
-            result = pipeline.generate(GenerateConfig(**{**cfg.__dict__, "seed": i}))
+            result = pipeline.generate(Request(**{**cfg.__dict__, "seed": i}))
             e2e.append(result.seconds["total"])
             step.append(result.seconds["unet"] / args.steps)
         pipeline.components.release_all()

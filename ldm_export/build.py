@@ -53,6 +53,7 @@ class BuildConfig:
     int8_layout: str = "tensorrt"     # int8/mixed: Q/DQ placement, "tensorrt" or "ort-cpu"
     guidance: float | None = None     # the bundle's default guidance scale; None: calibration.default_guidance
     allow_below_target: bool = False  # quantized: write the bundle even below the recipe's quality target
+    target_options: tuple[tuple[str, object], ...] = ()  # the target's own options (targets.get_target)
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class _Job:
 def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) -> dict:
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
     _check_options(cfg)
-    target = get_target(cfg.target)
+    target = get_target(cfg.target, dict(cfg.target_options))
     check_replaceable(cfg.out, cfg.overwrite, kind="bundle", is_kind=is_bundle, protected=_inputs(cfg))
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
@@ -94,6 +95,7 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
                                                     calib_summary)
             golden["expected"] = "bundle"
         write_golden(staging / "golden" / "golden.npz", arrays)
+        body["device_constraints"] = target.finalize(staging, {**body, "golden": golden}, report, Path(cfg.out).name)
         report("writing the manifest")
         manifest = finalize_manifest(staging, {
             **body, "golden": golden, "build": {"seconds": round(time.perf_counter() - t0, 1), "checks": checks},

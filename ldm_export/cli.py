@@ -82,6 +82,17 @@ def source_options(fn):
     return fn
 
 
+def _target_options(**given) -> tuple[tuple[str, object], ...]:
+    """The target options the user gave (a target refuses those it does not take)."""
+    if given.get("workspace") is not None:
+        from ldm_runtime.tensorrt.prepare import parse_size
+
+        given["workspace"] = parse_size(given["workspace"])
+    if given.get("timing_cache") is not None:
+        given["timing_cache"] = Path(given["timing_cache"])
+    return tuple((k, v) for k, v in given.items() if v is not None)
+
+
 def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder), ("encoder", f_encoder),
                                      ("text_encoder", f_text)) if v)
@@ -90,8 +101,18 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
 @main.command()
 @click.argument("model", required=False, type=click.Path())
 @source_options
-@click.option("--target", type=click.Choice(TARGETS), default="onnx", show_default=True,
-              help="What to compile for: onnx (ONNX Runtime on CPU/GPU/CoreML).")
+@click.option("--target", type=click.Choice(list(TARGETS)), default="onnx", show_default=True,
+              help="What to compile for: onnx (ONNX Runtime on CPU/GPU/CoreML); tensorrt (TensorRT-ready ONNX "
+                   "graphs checked against the device's ONNX parser, and engines for this machine's GPU when it "
+                   "has TensorRT; `ldm-run prepare` builds them on the device otherwise). See docs/tensorrt.md.")
+@click.option("--min-tensorrt", default=None, metavar="VERSION",
+              help="--target tensorrt: the oldest TensorRT the bundle must parse on [default: 10.3, JetPack 6].")
+@click.option("--workspace", default=None, metavar="SIZE",
+              help="--target tensorrt: the engine builder's memory-pool cap, e.g. 2G (engines built here).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="--target tensorrt: a TensorRT timing cache reused and updated between builds.")
+@click.option("--refittable", is_flag=True, default=None,
+              help="--target tensorrt: build refittable engines (weights can be swapped without a rebuild).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
@@ -128,7 +149,8 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
                    "the shortfall recorded in the manifest); without it such a build writes nothing and exits 1.")
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
-          guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target):
+          guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target,
+          min_tensorrt, workspace, timing_cache, refittable):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -142,7 +164,9 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout,
-                      guidance=guidance, allow_below_target=allow_below_target)
+                      guidance=guidance, allow_below_target=allow_below_target,
+                      target_options=_target_options(min_tensorrt=min_tensorrt, workspace=workspace,
+                                                     timing_cache=timing_cache, refittable=refittable))
     stage = [0]
 
     def report(msg: str) -> None:

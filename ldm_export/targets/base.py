@@ -24,6 +24,7 @@ class CompileJob:
 class Target(ABC):
     name: str
     backend: str  # the ldm_runtime backend that runs what this target produces
+    OPTIONS: tuple[str, ...] = ()  # the build options this target takes (its constructor's keywords)
 
     @abstractmethod
     def compile(self, job: CompileJob) -> list[str]:
@@ -36,3 +37,9 @@ class Target(ABC):
     def device_constraints(self) -> dict:
         """What the deploying device must have (GPU, compute capability, …)."""
         return {}
+
+    def finalize(self, staging: Path, manifest: dict, report: Callable[[str], None], bundle_name: str) -> dict:
+        """After every component and the golden vectors, before the manifest is written: whatever the target
+        adds to the bundle as a whole (engines for this machine, say). Returns the manifest's
+        ``device_constraints``."""
+        return self.device_constraints()

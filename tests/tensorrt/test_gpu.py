@@ -13,23 +13,20 @@ import numpy as np
 import pytest
 
 from ldm_runtime.bundle import open_bundle
-from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
+from ldm_runtime.pipeline import Components, Pipeline
+from ldm_runtime.request import Request
 from ldm_runtime.runners.tensorrt import TensorRTRunner
 from ldm_runtime.tensorrt.cache import EngineCache
 from ldm_runtime.tensorrt.prepare import prepare_bundle
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.verify import format_report, golden_tensors, load_golden, verify_bundle
 from tests.tensorrt.conftest import build_tiny
 
 pytestmark = pytest.mark.gpu
 
 
-class TensorRTComponents(Components):
-    """Components whose runners are TensorRTRunners (until make_runner knows the backend)."""
-
-    def __init__(self, bundle, low_memory: bool = False):
-        self.bundle, self.low_memory, self.seconds = bundle, low_memory, {}
-        self._runners = {name: TensorRTRunner(name, bundle.path(spec["file"]), spec, low_memory=low_memory)
-                         for name, spec in bundle.manifest["components"].items()}
+def TensorRTComponents(bundle, low_memory: bool = False) -> Components:
+    return Components(bundle, backend="tensorrt", options=RunnerOptions(low_memory=low_memory))
 
 
 def _demo_bundle(out: Path, precision: str) -> Path:
@@ -69,7 +66,7 @@ def test_generate_and_verify_on_tensorrt(prepared, low_memory):
         report = verify_bundle(pipeline)
         assert report.ok, format_report(report)
         w, h = b.manifest["resolution"]["default"]
-        result = pipeline.generate(GenerateConfig(prompt="a red circle", steps=4, seed=1))
+        result = pipeline.generate(Request(prompt="a red circle", steps=4, seed=1))
         assert result.image.shape == (h, w, 3) and result.image.dtype == np.uint8
     finally:
         pipeline.components.release_all()

@@ -13,7 +13,9 @@ from ldm_runtime.bundle import open_bundle
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.tensorrt.profiles import bundle_profiles, check_shape, contains
 from ldm_runtime.errors import UserError
-from ldm_runtime.verify import golden_request, load_golden
+from ldm_runtime.request import Request
+from ldm_runtime.runners import RunnerOptions
+from ldm_runtime.verify import load_golden
 from dataclasses import replace
 
 
@@ -21,7 +23,7 @@ class RecordingComponents(Components):
     """The real components (ONNX Runtime), noting every input shape they are given."""
 
     def __init__(self, bundle):
-        super().__init__(bundle, providers=["CPUExecutionProvider"])
+        super().__init__(bundle, backend="onnxruntime", options=RunnerOptions(provider="cpu"))
         self.shapes: list[tuple[str, str, tuple[int, ...]]] = []
 
     def run(self, runner, feeds, where=""):
@@ -32,7 +34,7 @@ class RecordingComponents(Components):
 def _requests(bundle):
     """The golden request, at every declared size where the family takes no input image, with the
     bundle's guidance and with guidance 1 (no guided pair)."""
-    base = replace(golden_request(bundle.manifest, load_golden(bundle)), steps=1)
+    base = replace(Request.from_manifest(bundle.manifest["golden"], load_golden(bundle)), steps=1)
     sizes = [tuple(s) for s in bundle.manifest["resolution"]["declared"]] if base.image is None else [
         (base.width, base.height)]
     for w, h in sizes:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ldm_runtime.tensorrt.versions import MINIMUM, TrtVersion, check_supported
 
-from ..base import Target
-from .engines import device_constraints
+from ldm_runtime.tensorrt.builder import BuildOptions
+
+from ..base import CompileJob, Target
+from .engines import build_engines, device_constraints
 from .opcheck import check_graph
 from .qdq import QDQ, require_tensorrt_qdq
 
@@ -30,17 +32,29 @@ def _has_qdq(path: Path) -> bool:
 class TensorRTTarget(Target):
     name = "tensorrt"
     backend = "tensorrt"
+    OPTIONS = ("min_tensorrt", "workspace", "timing_cache", "refittable")
 
-    def __init__(self, min_tensorrt: str | TrtVersion = MINIMUM):
+    def __init__(self, min_tensorrt: str | TrtVersion = MINIMUM, workspace: int | None = None,
+                 timing_cache: Path | None = None, refittable: bool = False):
         self.min_tensorrt = check_supported(min_tensorrt, "--min-tensorrt")
-        self.engines: list[dict[str, Any]] = []   # set by the build once engines.build_engines has run
+        self.options = BuildOptions(workspace_bytes=workspace, timing_cache=timing_cache,
+                                    refit="all" if refittable else "none")
+        self.engines: list[dict[str, Any]] = []   # set by finalize once engines.build_engines has run
 
-    def compile(self, staging: Path, component: str, onnx_files: list[str]) -> list[str]:
-        path = Path(staging) / onnx_files[0]
+    def compile(self, job: CompileJob) -> list[str]:
+        path = job.staging / job.onnx_files[0]
         check_graph(path, self.min_tensorrt)
         if _has_qdq(path):
             require_tensorrt_qdq(path)
-        return onnx_files
+        return list(job.onnx_files)
+
+    def finalize(self, staging: Path, manifest: dict, report: Callable[[str], None], bundle_name: str) -> dict:
+        """Engines for this machine's GPU when it has TensorRT and one; else one line naming ``ldm-run prepare``."""
+        result = build_engines(staging, manifest, self.options, bundle_name=bundle_name, report=report)
+        if result.note:
+            report(result.note)
+        self.engines = result.engines
+        return self.device_constraints()
 
     def versions(self) -> dict[str, str]:
         import onnx

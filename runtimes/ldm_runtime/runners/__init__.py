@@ -16,6 +16,7 @@ from .base import Runner, RunnerOptions
 
 RUNNERS: dict[str, str] = {
     "onnxruntime": "ldm_runtime.runners.onnxruntime:OnnxRuntimeRunner",
+    "tensorrt": "ldm_runtime.runners.tensorrt:TensorRTRunner",
 }
 BACKENDS = tuple(RUNNERS)
 

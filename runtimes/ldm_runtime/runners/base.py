@@ -23,6 +23,8 @@ class RunnerOptions:
     provider: str | None = None   # onnxruntime: an execution provider (alias or full name); None: the best one
     threads: int = 0              # intra-op threads (0: the backend's default)
     low_memory: bool = False      # one component resident at a time: keep each runner's footprint small
+    cache_dir: Path | None = None  # tensorrt: the engine cache (default: the bundle's engines/)
+    device: int = 0               # tensorrt: the GPU's index
 
 
 class Runner(ABC):

@@ -25,7 +25,7 @@ import numpy as np
 from ..bundle import MANIFEST, sha256_file
 from ..errors import BundleError, UserError
 from ..tensorrt.imports import require_tensorrt
-from .base import Runner
+from .base import Runner, RunnerOptions
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -56,12 +56,12 @@ def dims(d: trt.Dims) -> tuple[int, ...]:
 class TensorRTRunner(Runner):
     backend = "tensorrt"
 
-    def __init__(self, name: str, model_path: Path, spec: dict[str, Any], low_memory: bool = False,
-                 cache_dir: Path | None = None, device: int = 0, arena: DeviceArena | None = None):
-        super().__init__(name, model_path, spec)
-        self.low_memory = low_memory
-        self.cache_dir = Path(cache_dir) if cache_dir else self.model_path.parent / "engines"
-        self.device_index = device
+    def __init__(self, name: str, model_path: Path, spec: dict[str, Any], options: RunnerOptions = RunnerOptions(),
+                 arena: DeviceArena | None = None):
+        super().__init__(name, model_path, spec, options)
+        self.low_memory = options.low_memory
+        self.cache_dir = Path(options.cache_dir) if options.cache_dir else self.model_path.parent / "engines"
+        self.device_index = options.device
         self._arena = arena
         self._runtime: trt.Runtime | None = None   # outlives the engine it deserialized
         self._engine: trt.ICudaEngine | None = None

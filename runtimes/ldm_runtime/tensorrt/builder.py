@@ -184,6 +184,12 @@ def _builder_config(builder: trt.Builder, network: trt.INetworkDefinition, optio
     config.builder_optimization_level = options.optimization_level
     for name in builder_flag_names(options):
         config.set_flag(_member(trt.BuilderFlag, name))
+    # TF32 is on by default on Ampere and newer: fp32 MatMuls and convolutions would round their inputs to a
+    # 10-bit mantissa (~1e-3 relative), far outside the fp32 parity tables. Precision comes from the graph,
+    # so an fp32 tensor is computed in fp32 (the flag is looked up by name: absent, there is nothing to clear).
+    tf32 = enum_member(trt.BuilderFlag, "TF32")
+    if tf32 is not None:
+        config.clear_flag(tf32)
     for weight in options.refit_weights:
         if not network.mark_weights_refittable(weight):
             raise UserError(f"{component}: no weights named '{weight}' to mark refittable; expected an "
