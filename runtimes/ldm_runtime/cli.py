@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .errors import UserError
+from .samplers import SAMPLERS
 
 
 def user_errors(fn):
@@ -79,12 +80,17 @@ def main(verbose: bool) -> None:
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Inpainting mask, same size as --image: white = repaint, black = keep.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="Sampling steps (the UNet runs once per step; pndm's warm-up adds 9 calls, skip_prk_steps 1).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="ddim, pndm (PLMS), dpmpp-2m (DPM-Solver++), euler, euler-a (ancestral), each as diffusers' "
+                   "scheduler with the bundle's scheduler config. Default: the bundle's scheduler if it is one "
+                   "of these, else ddim.")
 @click.option("--guidance", default=None, type=float,
               help="Classifier-free guidance scale; ≤ 1 turns guidance off. Default: the scale the bundle "
                    "was built with (`ldm-run info` shows it; 7.5 for bundles that record none).")
 @click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
+              help="DDIM eta (ddim only): 0 is deterministic DDIM, 1 is DDPM-like.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
               help="Seed of the first image; image i uses seed + i.")
 @click.option("--images-per-prompt", "-n", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -96,11 +102,11 @@ def main(verbose: bool) -> None:
 @click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
               help="Output PNG: the image, or a grid (a row per prompt) when there are several.")
 @click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
-              help="Also save the latents after every step to this .npy file (steps, images, C, h, w).")
+              help="Also save the latents after every UNet call to this .npy file (calls, images, C, h, w).")
 @runtime_options
 @user_errors
-def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, guidance, eta, seed,
-             images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
+def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, sampler, guidance, eta,
+             seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
              skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
@@ -117,16 +123,18 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
         if pipe.conditioning["kind"] == "text":
             raise UserError("this bundle is text-conditioned: give a --prompt")
         prompts = ("",)
-    probe = GenerateConfig(prompt=prompts[0], width=width, height=height, image=image, mask=mask)
-    pipe.output_size(probe)  # fail on a bad size or missing input before loading anything
+    probe = GenerateConfig(prompt=prompts[0], steps=steps, eta=eta, width=width, height=height, image=image,
+                           mask=mask, sampler=sampler)
+    pipe.output_size(probe)  # fail on a bad size, missing input or sampler option before loading anything
+    calls = len(pipe.sampler_run(probe).timesteps)
     jobs = [(p, seed + i * images_per_prompt + j) for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     pipe.components.load_all()
     results = []
-    with tqdm(total=steps * len(jobs), desc="denoising", unit="step", disable=None) as bar:
+    with tqdm(total=calls * len(jobs), desc="denoising", unit="step", disable=None) as bar:
         for prompt, s in jobs:
             cfg = GenerateConfig(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                  guidance_scale=guidance, eta=eta, seed=s, width=width, height=height, noise=noise,
-                                 class_label=class_label, image=image, mask=mask)
+                                 class_label=class_label, image=image, mask=mask, sampler=sampler)
             results.append(pipe.generate(cfg, trace=save_latents is not None, progress=bar))
     images = [r.image for r in results]
     grid = images[0] if len(images) == 1 else make_grid(images, cols=images_per_prompt if len(prompts) > 1

@@ -66,7 +66,8 @@ def golden_request(manifest: dict, golden: dict[str, np.ndarray]) -> GenerateCon
         prompt=g["prompt"], negative_prompt=g["negative_prompt"], steps=g["steps"],
         guidance_scale=g["guidance_scale"], eta=g["eta"], seed=g["seed"], width=g["width"],
         height=g["height"], noise=g.get("noise", "torch"), class_label=g.get("class_label"),
-        image=golden.get("request/image"), mask=golden.get("request/mask"))
+        image=golden.get("request/image"), mask=golden.get("request/mask"),
+        sampler=g.get("sampler", "ddim"))  # the golden trajectory is the reference's DDIM one
 
 
 def verify_bundle(pipeline: Pipeline) -> VerifyReport:
