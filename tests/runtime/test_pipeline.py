@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,6 +48,27 @@ def test_trace_returns_every_step_and_is_deterministic(pipe):
     assert all(np.array_equal(x, y) for x, y in zip(a.latents, b.latents))
     assert not np.array_equal(a.latents[0], pipe.generate(GenerateConfig(prompt="a blue square", steps=4, seed=8),
                                                           trace=True).latents[0])
+
+
+def test_the_sampler_defaults_to_the_bundles_scheduler_class(tiny_bundle, tmp_path):
+    """No GenerateConfig.sampler: the manifest's scheduler_class when the runtime has it, else DDIM."""
+    assert "scheduler_class" not in open_bundle(tiny_bundle).manifest
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle, root)
+    m = json.loads((root / "manifest.json").read_text())
+    m["scheduler_class"] = "EulerDiscreteScheduler"
+    (root / "manifest.json").write_text(json.dumps(m))
+    p = _pipeline(root)
+    cfg = GenerateConfig(prompt="a cat", steps=3, seed=1)
+    euler = p.generate(cfg, trace=True)
+    assert euler.timesteps.dtype == np.float32 and len(euler.latents) == 3
+    np.testing.assert_array_equal(euler.decoded, p.generate(replace(cfg, sampler="euler")).decoded)
+    ddim = _pipeline(tiny_bundle).generate(cfg, trace=True)
+    assert list(ddim.timesteps) == [667, 334, 1]  # DDIM's leading spacing, T // 3 apart, offset 1
+    assert not np.allclose(ddim.decoded, euler.decoded)
+    m["scheduler_class"] = "LMSDiscreteScheduler"  # one the runtime does not have: DDIM
+    (root / "manifest.json").write_text(json.dumps(m))
+    np.testing.assert_array_equal(_pipeline(root).generate(cfg).decoded, _pipeline(tiny_bundle).generate(cfg).decoded)
 
 
 def test_timings_and_overhead(pipe):
