@@ -98,7 +98,7 @@ def run_both(cfg: dict, num_inference_steps: int, eta: float, seed: int = 0, sha
     scheduler = DDIMScheduler(**cfg)
     sampler = DDIMSampler(DDIMConfig.from_scheduler_config(dict(scheduler.config)))
     if share_schedule:
-        # Compare the steps alone, on one schedule (see test_ddim_rescale_betas_zero_snr in test_samplers_vs_diffusers.py).
+        # Compare the steps alone, on one schedule (see test_ddim_rescale_betas_zero_snr).
         scheduler.alphas_cumprod = torch.from_numpy(sampler.alphas_cumprod.copy())
         scheduler.final_alpha_cumprod = torch.tensor(sampler.final_alpha_cumprod)
 

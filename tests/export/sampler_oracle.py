@@ -93,7 +93,7 @@ class Err:
 
     def __truediv__(self, other):
         o = Err.of(other)
-        if isinstance(o.v, float) and o.v == 0.0:  # an exact zero (h = 0): inf or nan on both sides, as IEEE
+        if isinstance(o.v, float) and o.v == 0.0 and isinstance(self.v, float):  # h = 0 exactly: inf or nan, IEEE
             if self.v == 0 or math.isnan(self.v):
                 return Err(math.nan)
             return Err(math.copysign(math.inf, self.v) * math.copysign(1.0, o.v))

@@ -343,15 +343,14 @@ def test_ddim_run_draws_its_noise_as_diffusers(eta, spacing):
     for i, t in enumerate(scheduler.timesteps):
         model_output = rng.standard_normal(SHAPE).astype(np.float32)
         noise = mirror.randn(SHAPE) if eta > 0 else None
-        ref = scheduler.step(torch.from_numpy(model_output), t, torch.from_numpy(sample), eta=eta,
-                             generator=theirs).prev_sample.numpy()
+        ref = scheduler.step(torch.from_numpy(model_output), t, torch.from_numpy(sample), eta=eta, generator=theirs)
         out = run.step(model_output, i, sample, ours)
         old = sampler.step(model_output, int(t), sample, n, eta=eta, variance_noise=noise)
         np.testing.assert_array_equal(out, old.prev_sample)
         _, atol = ddim_tolerances(sampler, model_output, sample, noise, int(t), n, eta, old.pred_original_sample,
-                                  old.pred_original_sample)
-        assert_close(out, ref, atol, f"step {i}")
-        sample = ref
+                                  ref.pred_original_sample.numpy())
+        assert_close(out, ref.prev_sample.numpy(), atol, f"step {i}")
+        sample = ref.prev_sample.numpy()
     np.testing.assert_array_equal(ours.randn(SHAPE), torch.randn(SHAPE, generator=theirs).numpy())
 
 

@@ -32,6 +32,15 @@ Numerics: the schedule as in :mod:`.schedule`; each step's scalars in float32 as
 torch computes them (whose log/exp/sqrt are ≤ 1 ulp from ours); arrays op by op in
 diffusers' order. The subtraction h = λ_t − λ_s loses digits when the steps are
 small, in both: that is the dominant difference, bounded in the tests.
+
+Two configurations diffusers cannot run (diffusers 0.42):
+
+- Karras σ's on the cosine schedule repeat the first timestep (998, 998, …): diffusers'
+  ``index_for_timestep`` then starts at the *second* σ and the run ends in an IndexError.
+  Here call i always uses σ_i, which is what diffusers does after ``set_begin_index(0)``.
+- Karras σ's with ``final_sigmas_type="sigma_min"`` make the last step go from σ_min to
+  σ_min (h = 0); a heun or third-order last step divides by h and diffusers returns NaN.
+  Here ``start`` refuses that configuration with a UserError.
 """
 
 from __future__ import annotations

@@ -9,15 +9,16 @@ with γ = 0 this is Algorithm 2 without its second-order correction, as diffuser
 
 Notation (variable -> paper):
 
-======================  =======================================================
-``sigmas``              σ_0 > σ_1 > … > σ_n (σ_n = 0 or σ_min: ``final_sigmas_type``)
-``sample``              x_i, with x_0 ~ N(0, σ_0² I) (``init_noise_sigma``; for
-                        "leading" spacing diffusers uses sqrt(σ_0² + 1))
-``scale_model_input``   c_in(σ) x = x / sqrt(σ² + 1), the UNet's input (EDM Table 1, VP)
-``pred_original_sample``  D(x_i; σ̂_i), the denoised estimate
-``derivative``          d_i = (x_i − D(x_i; σ̂_i)) / σ̂_i  (Algorithm 2, line 7)
-``dt``                  σ_{i+1} − σ̂_i
-======================  =======================================================
+==========================  =====================================================
+``sigmas``                  σ_0 > σ_1 > … > σ_n (σ_n = 0 or σ_min: ``final_sigmas_type``)
+``sample``                  x_i, with x_0 ~ N(0, σ_0² I) (``init_noise_sigma``; for
+                            "leading" spacing diffusers uses sqrt(σ_0² + 1))
+``scale_model_input``       c_in(σ) x = x / sqrt(σ² + 1), the UNet's input (EDM Table 1, VP)
+``gamma``, ``sigma_hat``    γ_i and σ̂_i = (γ_i + 1) σ_i (Algorithm 2, lines 4-6)
+``pred_original_sample``    D(x̂_i; σ̂_i), the denoised estimate
+``derivative``              d_i = (x̂_i − D(x̂_i; σ̂_i)) / σ̂_i  (line 7)
+``dt``                      σ_{i+1} − σ̂_i  (line 8: x_{i+1} = x̂_i + dt · d_i)
+==========================  =====================================================
 
 The σ's come from the discrete schedule (:mod:`.schedule`), interpolated at the spaced
 timesteps, or Karras et al.'s eq. (5) ramp between its ends (``use_karras_sigmas``,

@@ -12,8 +12,15 @@ ancestral step keeps the marginal N(x_0, σ_to²) while adding noise:
 Every step draws z (``randn`` of the model output's shape), the last one too, where
 σ_to = 0 makes σ_up = 0: so a seed gives diffusers' image.
 
-Notation: as :mod:`.euler` (``sigma_from``/``sigma_to`` = σ_i/σ_{i+1}); the σ's are the
-schedule's at the spaced timesteps, ending at 0.
+Notation (variable -> paper):
+
+============================  =======================================================
+``sigma_from``, ``sigma_to``  σ_i, σ_{i+1}: the schedule's σ at the spaced timesteps, then 0
+``pred_original_sample``      D(x; σ_i), the denoised estimate (ε or v prediction)
+``derivative``                d = (x − D(x; σ_i)) / σ_i, the probability-flow ODE's dx/dσ
+``sigma_up``                  σ_up, the standard deviation of the fresh noise z
+``sigma_down``                σ_down, where the deterministic Euler step lands
+============================  =======================================================
 """
 
 from __future__ import annotations
@@ -42,8 +49,9 @@ class EulerAncestralConfig(SchedulerConfig):
 
 def ancestral_sigmas(sigma_from: np.float32, sigma_to: np.float32) -> tuple[np.float32, np.float32]:
     """(σ_up, σ_down): σ_down² + σ_up² = σ_to², with σ_up the noise of the DDPM posterior."""
-    sigma_up = np.sqrt(sigma_to * sigma_to * (sigma_from * sigma_from - sigma_to * sigma_to) / (sigma_from * sigma_from))
-    sigma_down = np.sqrt(sigma_to * sigma_to - sigma_up * sigma_up)
+    to2, from2 = sigma_to * sigma_to, sigma_from * sigma_from
+    sigma_up = np.sqrt(to2 * (from2 - to2) / from2)
+    sigma_down = np.sqrt(to2 - sigma_up * sigma_up)
     return sigma_up, sigma_down
 
 
