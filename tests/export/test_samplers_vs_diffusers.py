@@ -314,6 +314,14 @@ def test_karras_sigma_bounds_from_the_config(prediction_type):
     compare_steps(dpm, run, DPMTap(dpm))
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_euler_continuous_timesteps_change_nothing_but_v_prediction(prediction_type):
+    cfg = dict(BETAS["scaled_linear"], timestep_type="continuous", prediction_type=prediction_type)
+    scheduler, run = EulerDiscreteScheduler(**cfg), make_sampler("euler", cfg).start(10)
+    check_schedule(scheduler, run, 10)
+    compare_steps(scheduler, run, EulerTap(scheduler))
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_euler_with_churn(prediction_type):
     """Algorithm 2's γ > 0 between s_tmin and s_tmax: noise drawn exactly at those steps."""

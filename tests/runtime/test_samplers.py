@@ -141,7 +141,7 @@ def test_unknown_sampler_names_the_supported_ones():
     ("dpmpp-2m", "final_sigmas_type", "sigma_max", "'sigma_min'"),
     ("euler", "use_exponential_sigmas", True, "use_karras_sigmas"),
     ("euler", "use_beta_sigmas", True, "use_karras_sigmas"),
-    ("euler", "timestep_type", "continuous", "discrete"),
+    ("euler", "timestep_type", "edm", "'continuous'"),
     ("euler", "interpolation_type", "log_linear", "linear"),
     ("euler-a", "prediction_type", "sample", "'v_prediction'"),
     ("pndm", "prediction_type", "sample", "'v_prediction'"),
@@ -154,6 +154,13 @@ def test_unsupported_configs_are_refused_in_one_line(name, key, value, supported
     message = str(info.value)
     assert "\n" not in message and repr(value) in message and key in message
     assert SAMPLERS[name].diffusers_class in message and supported in message
+
+
+def test_continuous_timesteps_are_refused_only_where_diffusers_uses_them():
+    """EulerDiscreteScheduler's timestep_type="continuous" changes the timesteps for v_prediction only."""
+    assert make_sampler("euler", {"timestep_type": "continuous"}).start(5).timesteps.dtype == np.float32
+    with pytest.raises(UserError, match="unsupported timestep_type for euler .*got 'continuous'; expected 'discrete'"):
+        make_sampler("euler", {"timestep_type": "continuous", "prediction_type": "v_prediction"})
 
 
 def test_configs_of_deis_and_unipc_map_to_dpm_solver_pp_as_in_diffusers():

@@ -60,7 +60,10 @@ class EulerConfig(SchedulerConfig):
 
     def check(self) -> None:
         self.refuse_unless("interpolation_type", "linear", _SUPPORTED)
-        self.refuse_unless("timestep_type", "discrete", _SUPPORTED)
+        self.one_of("timestep_type", ("discrete", "continuous"))
+        if self.timestep_type == "continuous" and self.prediction_type == "v_prediction":
+            # diffusers then feeds the UNet 0.25 log σ instead of t (its only effect)
+            self.refuse_unless("timestep_type", "discrete", _SUPPORTED + " with v_prediction")
         self.refuse_unless("use_exponential_sigmas", False, _SUPPORTED)
         self.refuse_unless("use_beta_sigmas", False, _SUPPORTED)
         self.one_of("final_sigmas_type", ("zero", "sigma_min"))

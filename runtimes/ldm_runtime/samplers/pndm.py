@@ -93,7 +93,7 @@ class PNDMSampler(Sampler):
                             "try more steps or skip_prk_steps=true")
         return PNDMRun(self, num_inference_steps)
 
-    def timesteps(self, num_inference_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    def schedule(self, num_inference_steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(PRK timesteps, PLMS timesteps), int64, as diffusers' ``set_timesteps``."""
         cfg, n = self.config, num_inference_steps
         # 1. the spaced timesteps, ascending
@@ -116,7 +116,7 @@ class PNDMRun(SamplerRun):
     def __init__(self, sampler: PNDMSampler, num_inference_steps: int):
         self.sampler = sampler
         self.delta = sampler.config.num_train_timesteps // num_inference_steps  # δ
-        prk, plms = sampler.timesteps(num_inference_steps)
+        prk, plms = sampler.schedule(num_inference_steps)
         self.num_prk = len(prk)
         self.timesteps = np.concatenate([prk, plms]).astype(np.int64)
         self.ets: list[np.ndarray] = []
