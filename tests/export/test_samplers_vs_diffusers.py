@@ -40,6 +40,9 @@ from tests.export.side_by_side import (BETAS, LONG, SHORT, SPACINGS, TAPS, DPMTa
                                        PNDMTap, betas_name, check_schedule, check_timesteps_from_sigmas,
                                        compare_steps, ends_in_nan, grid)
 
+# diffusers' schedulers call np.array() on torch tensors, which numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 # --- DDIM --------------------------------------------------------------------------------------
 
 
@@ -392,32 +395,45 @@ PROMPT, SEED, STEPS, GUIDANCE = "a red circle on the left", 3, 8, 7.5
 
 @pytest.fixture(scope="module", params=["tiny-sd", "sd-v"])
 def model_and_bundle(request, tmp_path_factory):
-    """A tiny model (epsilon, or v-prediction) and its fp32 bundle at 32x32."""
+    """A tiny model (epsilon, or v-prediction), its fp32 bundle serving 32x32, and its diffusers pipeline.
+    The epsilon one is the session's tiny_sd / tiny_bundle (built once for all the tests)."""
+    from diffusers import StableDiffusionPipeline
+
     from ldm_export.build import BuildConfig, build
     from tests.models import make
 
-    root = tmp_path_factory.mktemp(request.param)
-    model = make(request.param, root / "model")
-    build(BuildConfig(model=model, out=root / "bundle", resolutions=((32, 32),)))
-    return model, root / "bundle"
-
-
-def _diffusers_run(model, scheduler_class, options: dict) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """(uint8 image, latents after every UNet call, timesteps) from StableDiffusionPipeline with that scheduler."""
-    from diffusers import StableDiffusionPipeline
-
+    if request.param == "tiny-sd":
+        model, bundle = request.getfixturevalue("tiny_sd"), request.getfixturevalue("tiny_bundle")
+    else:
+        root = tmp_path_factory.mktemp(request.param)
+        model, bundle = make(request.param, root / "model"), root / "bundle"
+        build(BuildConfig(model=model, out=bundle, resolutions=((32, 32),)))
     pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **options)
     pipe.set_progress_bar_config(disable=True)
+    return model, bundle, pipe
+
+
+def _diffusers_run(pipe, scheduler_class, options: dict) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """(uint8 image, latents after every UNet call, timesteps) from StableDiffusionPipeline with that scheduler
+    (made from the model's own scheduler config, as a user switches schedulers)."""
+    ddim = pipe.scheduler
+    pipe.scheduler = scheduler_class.from_config(ddim.config, **options)
     latents = []
 
     def record(_pipe, _i, _t, kwargs):
         latents.append(kwargs["latents"].numpy().copy())
         return kwargs
 
-    out = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=32, width=32, output_type="np",
-               generator=torch.Generator().manual_seed(SEED), callback_on_step_end=record)
-    return (out.images[0] * 255).round().astype(np.uint8), latents, pipe.scheduler.timesteps.numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is faster, and it does not fight a busy machine
+    try:
+        out = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=GUIDANCE, height=32, width=32,
+                   output_type="np", generator=torch.Generator().manual_seed(SEED), callback_on_step_end=record)
+        timesteps = pipe.scheduler.timesteps.numpy()
+    finally:
+        torch.set_num_threads(threads)
+        pipe.scheduler = ddim
+    return (out.images[0] * 255).round().astype(np.uint8), latents, timesteps
 
 
 @pytest.mark.parametrize("name, scheduler_class, options", PIPELINE_CASES,
@@ -430,17 +446,17 @@ def test_pipeline_matches_diffusers(model_and_bundle, name, scheduler_class, opt
     from ldm_runtime.pipeline import Components, GenerateConfig, Pipeline
     from ldm_runtime.tolerances import IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES
 
-    model, bundle = model_and_bundle
+    _, bundle, diffusers_pipe = model_and_bundle
     if options:  # a sampler's options are the bundle's scheduler config
         shutil.copytree(bundle, tmp_path / "bundle")
         bundle = tmp_path / "bundle"
         manifest = json.loads((bundle / "manifest.json").read_text())
         manifest["scheduler"].update(options)
         (bundle / "manifest.json").write_text(json.dumps(manifest))
-    pipeline = Pipeline(open_bundle(bundle), Components(open_bundle(bundle)))
+    pipeline = Pipeline(open_bundle(bundle), Components(open_bundle(bundle), threads=1))
     ours = pipeline.generate(GenerateConfig(prompt=PROMPT, steps=STEPS, guidance_scale=GUIDANCE, seed=SEED,
                                             width=32, height=32, sampler=name), trace=True)
-    image, latents, timesteps = _diffusers_run(model, scheduler_class, options)
+    image, latents, timesteps = _diffusers_run(diffusers_pipe, scheduler_class, options)
     np.testing.assert_allclose(ours.timesteps, timesteps, rtol=0, atol=0)
     assert len(ours.latents) == len(latents) == len(timesteps)
     tol = TRAJECTORY_TOLERANCES["fp32"]
