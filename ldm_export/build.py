@@ -201,6 +201,7 @@ def _manifest_body(job: _Job, tokenizer: dict | None, components: dict[str, dict
         "unet_concat": list(model.unet_concat),
         "resolution": resolution_entry(model, list(job.sizes)),
         "scheduler": dict(model.scheduler_config),
+        "scheduler_class": model.scheduler_class,
         **({"tokenizer": tokenizer} if tokenizer else {}),
         "components": components,
     }

@@ -51,9 +51,9 @@ def family_request(model: LoadedModel, req: Request, width: int, height: int) ->
 def check_steps(model: LoadedModel, steps: int) -> None:
     """Refuse a step count the model's schedule cannot take (diffusers' scheduler would fail on it mid-run):
     the runtime's own DDIM schedule says where the limit is."""
-    from ldm_runtime.sampler import DDIMConfig, DDIMSampler
+    from ldm_runtime.samplers import make_sampler
 
-    DDIMSampler(DDIMConfig.from_scheduler_config(dict(model.scheduler_config))).timesteps(steps)
+    make_sampler("ddim", dict(model.scheduler_config)).start(steps)
 
 
 def synthetic_image(width: int, height: int, seed: int) -> np.ndarray:

@@ -144,6 +144,7 @@ class LoadedModel:
     unet_downsampling: int                # the UNet's total downsampling
     sample_size: tuple[int, int]          # (height, width) of the latents the UNet was trained at
     unet_concat: tuple[str, ...] = ()     # low_res_image | mask, masked_image_latents
+    scheduler_class: str = "DDIMScheduler"  # the model's own scheduler (the runtime's default sampler)
     reference_pipeline: Any = None        # the family's diffusers pipeline, when it has one
     attention: tuple[Attention, ...] = ()     # where the components attend (memory estimates; () if unknown)
     feature_maps: tuple[FeatureMaps, ...] = ()  # their levels (memory estimates; () if unknown)

@@ -156,7 +156,8 @@ def load_custom(path: Path, overrides: dict[str, str | None] | None = None) -> L
     return LoadedModel(
         family="text-to-image" if text else "unconditional",
         source=Source(Path(path), "custom", _source_hash(Path(path), desc, text)), modules=modules,
-        scheduler_config=dict(desc["scheduler"]), autoencoder_kind="kl",
+        scheduler_config={k: v for k, v in dict(desc["scheduler"]).items() if k != "_class_name"},
+        scheduler_class=dict(desc["scheduler"]).get("_class_name", "DDIMScheduler"), autoencoder_kind="kl",
         latent=Latent(channels=c, downsample_factor=int(desc["downsample_factor"]),
                       scaling_factor=float(desc["scaling_factor"])),
         conditioning=Conditioning("text", text=text) if text else Conditioning("none"),

@@ -74,7 +74,10 @@ def _load_pipeline(path: Path):
 
 
 def scheduler_config(config) -> dict:
-    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    """The scheduler's config as diffusers writes it, without its bookkeeping keys, but with
+    ``_use_default_values`` (which keys were defaults: ``XScheduler.from_config`` lets another scheduler
+    use its own defaults for those, and so does the runtime's ``make_sampler``)."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_") or k == "_use_default_values"}
 
 
 def autoencoder_kind(vae) -> str:
@@ -141,6 +144,7 @@ def _vae_attention(vae, f: int) -> tuple[Attention, ...]:
 def _describe(cls: str, pipe, source: Source) -> LoadedModel:
     vae_module = getattr(pipe, "vae", None) or getattr(pipe, "vqvae", None)
     common = dict(source=source, scheduler_config=scheduler_config(pipe.scheduler.config),
+                  scheduler_class=type(pipe.scheduler).__name__,
                   **unet_facts(pipe.unet, vae_module))
     if cls in SD_PIPELINES:
         inpaint = cls == "StableDiffusionInpaintPipeline" or pipe.unet.config.in_channels == 9
@@ -193,6 +197,8 @@ def _class_conditional_crossattn(path: Path, source: Source) -> LoadedModel:
                       embed_dim=int(emb_cfg["embed_dim"]))
     return LoadedModel(
         family="class-conditional", source=source, scheduler_config=scheduler_config(sched.config),
+        scheduler_class=json.loads((path / "scheduler" / "scheduler_config.json").read_text()).get(
+            "_class_name", "DDIMScheduler"),
         autoencoder_kind="vq", modules=Modules(unet=unet, vae=vae, class_embedder=embedder.eval()),
         latent=latent_of(vae), conditioning=Conditioning("class", classes=classes),
         guidance=Guidance("not_one", negative_prompt=False), **unet_facts(unet, vae))

@@ -18,6 +18,7 @@ from .errors import UserError
 from .exits import OneLineGroup, exit_codes
 from .jsonio import dumps
 from .runners import BACKENDS
+from .samplers import SAMPLERS
 
 
 user_errors = exit_codes("ldm-run")
@@ -68,12 +69,17 @@ def main(verbose: bool) -> None:
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Inpainting mask, same size as --image: white = repaint, black = keep.")
 @click.option("--negative-prompt", default="", help="What to steer away from (classifier-free guidance).")
-@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000), help="DDIM steps.")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="Sampling steps (the UNet runs once per step; pndm's warm-up adds 9 calls, skip_prk_steps 1).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="ddim, pndm (PLMS), dpmpp-2m (DPM-Solver++), euler, euler-a (ancestral), each as diffusers' "
+                   "scheduler with the bundle's scheduler config. Default: the bundle's scheduler if it is one "
+                   "of these, else ddim.")
 @click.option("--guidance", default=None, type=finite(),
               help="Classifier-free guidance scale; ≤ 1 turns guidance off. Default: the scale the bundle "
                    "was built with (`ldm-run info` shows it; 7.5 for bundles that record none).")
 @click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0),
-              help="DDIM eta: 0 is deterministic DDIM, 1 is DDPM-like.")
+              help="DDIM eta (ddim only): 0 is deterministic DDIM, 1 is DDPM-like.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
               help="Seed of the first image; image i uses seed + i.")
 @click.option("--images-per-prompt", "-n", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -85,11 +91,11 @@ def main(verbose: bool) -> None:
 @click.option("--out", "-o", default="out.png", show_default=True, type=click.Path(dir_okay=False),
               help="Output PNG: the image, or a grid (a row per prompt) when there are several.")
 @click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
-              help="Also save the latents after every step to this .npy file (steps, images, C, h, w).")
+              help="Also save the latents after every UNet call to this .npy file (calls, images, C, h, w).")
 @runtime_options
 @user_errors
-def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, guidance, eta, seed,
-             images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
+def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, sampler, guidance, eta,
+             seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
              skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
@@ -105,7 +111,7 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
             raise UserError("this bundle is text-conditioned: give a --prompt")
         prompts = ("",)
     base = Request(negative_prompt=negative_prompt, steps=steps, guidance_scale=guidance, eta=eta, width=width,
-                   height=height, noise=noise, class_label=class_label, image=image, mask=mask)
+                   height=height, noise=noise, class_label=class_label, image=image, mask=mask, sampler=sampler)
     jobs = [replace(base, prompt=p, seed=seed + i * images_per_prompt + j)
             for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     for req in {r.prompt: r for r in jobs}.values():
@@ -123,7 +129,7 @@ def _generate_all(pipe, jobs: list, trace: bool) -> list:
     from tqdm import tqdm
 
     pipe.components.load_all()
-    calls = len(pipe.sampler.timesteps(jobs[0].steps))
+    calls = len(pipe.sampler_run(pipe.resolved(jobs[0])).timesteps)
     results = []
     with tqdm(total=calls * len(jobs), desc="denoising", unit="step", disable=None) as bar:
         for req in jobs:
@@ -199,6 +205,7 @@ def info(bundle, as_json):
     """Describe a bundle: family, target, precision, components, resolutions."""
     from .bundle import open_bundle
     from .pipeline import guidance_of
+    from .samplers import make_sampler
 
     b = open_bundle(bundle, check_hashes=False)
     m = b.manifest
@@ -207,6 +214,7 @@ def info(bundle, as_json):
         return
     res = m["resolution"]
     g = guidance_of(m)
+    default_sampler = make_sampler(None, m["scheduler"], m.get("scheduler_class")).name
     lines = [
         f"bundle      {b.root}",
         f"family      {m['family']} ({m['conditioning']['kind']} conditioning, {m['autoencoder']['kind'].upper()} autoencoder)",
@@ -217,7 +225,8 @@ def info(bundle, as_json):
         f"latent      {m['latent']['channels']} channels, factor {m['latent']['downsample_factor']}, "
         f"scaling {m['latent']['scaling_factor']}",
         *([f"guidance    default scale {g['default_scale']:g} (rule {g['rule']})"] if g["rule"] != "never" else []),
-        f"scheduler   DDIM, {m['scheduler'].get('beta_schedule')} betas, "
+        f"scheduler   {m.get('scheduler_class', 'DDIMScheduler')} (default sampler {default_sampler}; "
+        f"{', '.join(SAMPLERS)} available), {m['scheduler'].get('beta_schedule')} betas, "
         f"{m['scheduler'].get('prediction_type', 'epsilon')} prediction, "
         f"{m['scheduler'].get('timestep_spacing', 'leading')} spacing",
         "components:",

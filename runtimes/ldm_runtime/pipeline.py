@@ -2,7 +2,8 @@
 
 condition (prompt → text encoder, class label → embedding, or nothing) → initial noise →
 extra UNet input channels (low-resolution image; inpainting mask + masked-image latents) →
-DDIM loop with classifier-free guidance → decoder → image.
+sampling loop (DDIM, PNDM, DPM-Solver++, Euler, Euler ancestral) with classifier-free guidance →
+decoder → image.
 
 What differs between the paper's model families is data in the manifest (which
 conditioning, which guidance rule, which channels are concatenated, how latents
@@ -26,7 +27,7 @@ from .noise import make_generator
 from .request import Request
 from .resolution import check_multiple
 from .runners import Runner, RunnerOptions, default_backend, make_runner
-from .sampler import DDIMConfig, DDIMSampler, guidance
+from .samplers import Sampler, SamplerRun, guidance, make_sampler
 from .tokenizer import ClipTokenizer
 
 
@@ -34,8 +35,8 @@ from .tokenizer import ClipTokenizer
 class GenerateResult:
     image: np.ndarray                  # uint8, (H, W, 3)
     decoded: np.ndarray                # float32 decoder output, (1, 3, H, W), range about [-1, 1]
-    timesteps: np.ndarray
-    latents: list[np.ndarray] = field(default_factory=list)  # after each step, when traced
+    timesteps: np.ndarray              # the UNet's timestep at each call
+    latents: list[np.ndarray] = field(default_factory=list)  # after each UNet call, when traced
     seconds: dict[str, float] = field(default_factory=dict)  # per component, plus "total"
 
     @property
@@ -133,9 +134,10 @@ class Pipeline:
         self.bundle = bundle
         self.components = components
         m = bundle.manifest
-        try:
-            self.sampler = DDIMSampler(DDIMConfig.from_scheduler_config(m["scheduler"]))
-        except (UserError, TypeError) as e:  # a value of the right name but the wrong kind
+        self.samplers: dict[str | None, Sampler] = {}  # by Request.sampler, made on first use
+        try:  # the golden trajectory's sampler, from the manifest's scheduler config: refused here, not mid-run
+            self.sampler_run(Request(steps=1, sampler="ddim"))
+        except (UserError, TypeError, ValueError) as e:  # a value of the right name but the wrong kind
             raise BundleError(f"manifest.json: 'scheduler' cannot be used: {one_line(e, with_type=False)}") from e
         self.conditioning = m["conditioning"]
         self.guidance = guidance_of(m)
@@ -177,7 +179,7 @@ class Pipeline:
             raise UserError(f"this bundle is {family} and takes no input image or mask")
         if "low_res_image" in self.concat and req.mask is not None:
             raise UserError("this super-resolution bundle takes no mask")
-        self.sampler.timesteps(req.steps)
+        self.sampler_run(req)  # the sampler's own checks: its options, eta, the step count
         return self.output_size(req)
 
     def output_size(self, req: Request) -> tuple[int, int]:
@@ -200,6 +202,15 @@ class Pipeline:
                                 "resize the image and mask instead")
             return self.resolve_size(w, h)
         return self.resolve_size(req.width, req.height)
+
+    def sampler_run(self, req: Request) -> SamplerRun:
+        """A fresh run of the sampler ``req`` asks for, on the bundle's scheduler config (the manifest's
+        ``scheduler`` section; its class from ``scheduler_class``, or the config's own ``_class_name``)."""
+        if req.sampler not in self.samplers:
+            m = self.bundle.manifest
+            scheduler_class = m.get("scheduler_class", m["scheduler"].get("_class_name"))
+            self.samplers[req.sampler] = make_sampler(req.sampler, m["scheduler"], scheduler_class)
+        return self.samplers[req.sampler].start(req.steps, eta=req.eta)
 
     # -- stages ------------------------------------------------------------
     def run_batch(self, runner: Runner, feeds: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
@@ -273,22 +284,21 @@ class Pipeline:
         return np.concatenate([small_mask, masked_latents], axis=1)
 
     def denoise(self, latents: np.ndarray, cond: dict[str, np.ndarray], extra: np.ndarray | None,
-                req: Request, use_cfg: bool, timesteps, generator, trace: list | None,
+                req: Request, use_cfg: bool, run: SamplerRun, generator, trace: list | None,
                 progress) -> np.ndarray:
         with self.components.use("unet") as unet:
             wanted = unet.spec["inputs"]
-            for i, t in enumerate(timesteps):
+            for i, t in enumerate(run.timesteps):
                 model_in = np.concatenate([latents, latents]) if use_cfg else latents
+                model_in = run.scale_model_input(model_in, i)  # before the extra channels, as diffusers
                 if extra is not None:
                     model_in = np.concatenate([model_in, np.concatenate([extra] * model_in.shape[0])], axis=1)
                 feeds = {"sample": model_in, "timestep": np.full((model_in.shape[0],), t, dtype=np.float32),
                          **{k: v for k, v in cond.items() if k in wanted}}
-                where = f"step {i + 1}/{len(timesteps)} (t={int(t)})"
+                where = f"step {i + 1}/{len(run.timesteps)} (t={float(t):g})"
                 out = self.run_batch(unet, feeds, where)["model_output"]
                 noise_pred = guidance(out[0:1], out[1:2], req.guidance_scale) if use_cfg else out
-                noise = generator.randn(latents.shape) if req.eta > 0 else None
-                latents = self.sampler.step(noise_pred, int(t), latents, req.steps, eta=req.eta,
-                                            variance_noise=noise).prev_sample.astype(np.float32)
+                latents = run.step(noise_pred, i, latents, generator)
                 if trace is not None:
                     trace.append(latents.copy())
                 if progress is not None:
@@ -319,18 +329,18 @@ class Pipeline:
         width, height = self.check(req)
         use_cfg = GUIDANCE_RULES[self.guidance["rule"]](req.guidance_scale)
         cond = self.condition(req, use_cfg)
-        timesteps = self.sampler.timesteps(req.steps)
+        run = self.sampler_run(req)
         lat = self.bundle.manifest["latent"]
         f = lat["downsample_factor"]
         generator = make_generator(req.noise, req.seed)
-        # DDIM's init_noise_sigma is 1: the initial latents are the raw normal draw.
-        latents = generator.randn((1, lat["channels"], height // f, width // f))
+        # x_T ~ N(0, σ² I): the sampler's init_noise_sigma (1 for DDIM, PNDM, DPM-Solver++; σ_max for Euler)
+        latents = generator.randn((1, lat["channels"], height // f, width // f)) * np.float32(run.init_noise_sigma)
         extra = self.concat_inputs(req, (height // f, width // f), generator)
         steps: list[np.ndarray] | None = [] if trace else None
-        latents = self.denoise(latents, cond, extra, req, use_cfg, timesteps, generator, steps, progress)
+        latents = self.denoise(latents, cond, extra, req, use_cfg, run, generator, steps, progress)
         decoded = self.decode(latents)
         seconds = dict(self.components.seconds, total=time.perf_counter() - start)
-        return GenerateResult(image=to_uint8(decoded), decoded=decoded, timesteps=timesteps,
+        return GenerateResult(image=to_uint8(decoded), decoded=decoded, timesteps=run.timesteps,
                               latents=steps or [], seconds=seconds)
 
 

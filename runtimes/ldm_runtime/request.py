@@ -16,7 +16,7 @@ import numpy as np
 
 # manifest "golden" keys holding request fields (besides "file", and the optional "expected")
 _MANIFEST_FIELDS = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "eta", "width", "height",
-                    "noise", "class_label")
+                    "noise", "class_label", "sampler")
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,6 +31,7 @@ class Request:
     height: int | None = None
     noise: str = "torch"                  # "torch": torch.randn's CPU stream for the seed; "numpy": numpy's own
     class_label: int | None = None        # class-conditional models
+    sampler: str | None = None            # ldm_runtime.samplers name; None: the bundle's scheduler class, else DDIM
     image: np.ndarray | None = field(default=None, repr=False)  # uint8 (H, W, 3): low-res input / image to inpaint
     mask: np.ndarray | None = field(default=None, repr=False)   # uint8 (H, W) or (H, W, 3): white = repaint
 
@@ -76,6 +77,7 @@ class Request:
 
     @classmethod
     def from_manifest(cls, entry: Mapping, arrays: Mapping[str, np.ndarray]) -> Request:
-        """The inverse of :meth:`to_manifest` + :meth:`arrays`."""
-        kw = {k: entry[k] for k in _MANIFEST_FIELDS if k in entry}
+        """The inverse of :meth:`to_manifest` + :meth:`arrays`. A golden entry without a sampler is DDIM's (the
+        reference's)."""
+        kw = {"sampler": "ddim", **{k: entry[k] for k in _MANIFEST_FIELDS if k in entry}}
         return cls(**kw, image=arrays.get("request/image"), mask=arrays.get("request/mask"))

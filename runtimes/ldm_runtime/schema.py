@@ -142,7 +142,7 @@ MANIFEST = obj({
         "clip_sample": boolean, "clip_sample_range": number(positive=True), "set_alpha_to_one": boolean,
         "steps_offset": integer(0, 1000), "prediction_type": text(), "timestep_spacing": text(),
         "rescale_betas_zero_snr": boolean, "thresholding": boolean, "dynamic_thresholding_ratio": number(0.0),
-        "sample_max_value": number(positive=True)}),
+        "sample_max_value": number(positive=True), "_use_default_values": list_of(text())}),
     "components": dict_of(COMPONENT, min_len=2),
     "golden": obj({"file": rel_path, "prompt": text(), "negative_prompt": text(), "seed": integer(0, 2**64 - 1),
                    "steps": integer(1), "guidance_scale": number(), "eta": number(0.0), "width": integer(1),
@@ -154,6 +154,7 @@ MANIFEST = obj({
                                                       "default_scale": number(positive=True)}),
     "unet_concat": list_of(text(CONCAT)),
     "tokenizer": obj({"file": rel_path, "kind": text()}),
+    "scheduler_class": text(),
 })
 
 

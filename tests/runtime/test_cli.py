@@ -76,6 +76,9 @@ def test_verify_fails_with_exit_1_on_a_drifted_bundle(tiny_bundle, tmp_path):
     (["generate", "{b}", "--prompt", "x", "--provider", "nope"], "execution provider 'nope' is not available"),
     (["verify", "{t}/missing"], "no bundle at"),
     (["info", "{t}"], "has no manifest.json"),
+    (["generate", "{b}", "--prompt", "x", "--sampler", "euler", "--eta", "0.5"],
+     "eta is a DDIM option; got eta=0.5 with sampler 'euler'"),
+    (["generate", "{b}", "--prompt", "x", "--sampler", "pndm", "--steps", "3"], "needs at least 4 steps; got 3"),
 ])
 def test_user_errors_are_one_line_without_traceback(tiny_bundle, tmp_path, args, match):
     args = [a.format(b=tiny_bundle, t=tmp_path) for a in args]
@@ -84,6 +87,19 @@ def test_user_errors_are_one_line_without_traceback(tiny_bundle, tmp_path, args,
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("sampler, calls", [("pndm", 3 * 4 + (4 - 3)), ("euler-a", 4), ("dpmpp-2m", 4)])
+def test_generate_with_another_sampler_without_torch(tiny_bundle, tmp_path, sampler, calls):
+    """The latents are saved after every UNet call: PNDM's Runge-Kutta warm-up makes three steps of four."""
+    lat = tmp_path / "lat.npy"
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "--prompt", "a red circle", "--steps", "4", "--sampler",
+                            sampler, "--width", "32", "--height", "32", "--out", str(tmp_path / "o.png"),
+                            "--save-latents", str(lat)))
+    assert r.returncode == 0, r.stderr
+    assert np.load(lat).shape == (calls, 1, 4, 16, 16)  # the tiny autoencoder halves 32x32
+    r = run(ldm_run_blocked("generate", str(tiny_bundle), "--prompt", "x", "--sampler", "heun"))
+    assert r.returncode == 2 and "'heun' is not one of 'ddim', 'pndm', 'dpmpp-2m', 'euler', 'euler-a'" in r.stderr
 
 
 def test_tampered_bundle_is_refused_by_generate(tiny_bundle, tmp_path):

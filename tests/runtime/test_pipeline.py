@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -49,6 +50,23 @@ def test_trace_returns_every_step_and_is_deterministic(pipe):
     assert all(np.array_equal(x, y) for x, y in zip(a.latents, b.latents))
     assert not np.array_equal(a.latents[0], pipe.generate(Request(prompt="a blue square", steps=4, seed=8),
                                                           trace=True).latents[0])
+
+
+def test_the_sampler_defaults_to_the_bundles_scheduler_class(tiny_bundle, tmp_path):
+    """No Request.sampler: the manifest's scheduler_class when the runtime has it, else DDIM."""
+    assert open_bundle(tiny_bundle).manifest["scheduler_class"] == "DDIMScheduler"
+    root = copy_bundle(tiny_bundle, tmp_path / "b")
+    edit(root, lambda m: m.update(scheduler_class="EulerDiscreteScheduler"))
+    p = _pipeline(root)
+    cfg = Request(prompt="a cat", steps=3, seed=1)
+    euler = p.generate(cfg, trace=True)
+    assert euler.timesteps.dtype == np.float32 and len(euler.latents) == 3
+    np.testing.assert_array_equal(euler.decoded, p.generate(replace(cfg, sampler="euler")).decoded)
+    ddim = _pipeline(tiny_bundle).generate(cfg, trace=True)
+    assert list(ddim.timesteps) == [667, 334, 1]  # DDIM's leading spacing, T // 3 apart, offset 1
+    assert not np.allclose(ddim.decoded, euler.decoded)
+    edit(root, lambda m: m.update(scheduler_class="LMSDiscreteScheduler"))  # one the runtime does not have: DDIM
+    np.testing.assert_array_equal(_pipeline(root).generate(cfg).decoded, _pipeline(tiny_bundle).generate(cfg).decoded)
 
 
 def test_timings_and_overhead(pipe):
