@@ -22,7 +22,7 @@ from .reference import ReferenceRun, reference_generate, text_ids
 
 
 # The golden trajectory's request (its size is the bundle's smallest declared one).
-GOLDEN = Request(prompt="a red circle on the left of a blue square", steps=5, guidance_scale=7.5)
+GOLDEN = Request(prompt="a red circle on the left of a blue square", steps=5, guidance_scale=7.5, sampler="ddim")
 
 
 def family_request(model: LoadedModel, req: Request, width: int, height: int) -> Request:

@@ -206,6 +206,7 @@ class Pipeline:
     def sampler_run(self, req: Request) -> SamplerRun:
         """A fresh run of the sampler ``req`` asks for, on the bundle's scheduler config (the manifest's
         ``scheduler`` section; its class from ``scheduler_class``, or the config's own ``_class_name``)."""
+        req.check()
         if req.sampler not in self.samplers:
             m = self.bundle.manifest
             scheduler_class = m.get("scheduler_class", m["scheduler"].get("_class_name"))

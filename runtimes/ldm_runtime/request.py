@@ -63,6 +63,8 @@ class Request:
                 raise UserError(f"{name} must be an integer; got {v!r}")
         if self.noise not in ("torch", "numpy"):
             raise UserError(f"noise must be 'torch' or 'numpy'; got {self.noise!r}")
+        if self.sampler is not None and not isinstance(self.sampler, str):
+            raise UserError(f"sampler must be a sampler's name; got {self.sampler!r}")
 
     def to_manifest(self, file: str) -> dict:
         """The manifest's ``golden`` entry for this request, its arrays stored in ``file``."""

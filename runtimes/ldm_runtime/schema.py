@@ -147,7 +147,8 @@ MANIFEST = obj({
     "golden": obj({"file": rel_path, "prompt": text(), "negative_prompt": text(), "seed": integer(0, 2**64 - 1),
                    "steps": integer(1), "guidance_scale": number(), "eta": number(0.0), "width": integer(1),
                    "height": integer(1)},
-                  {"noise": text(NOISE), "class_label": nullable(integer(0)), "expected": text(("torch", "bundle"))}),
+                  {"noise": text(NOISE), "class_label": nullable(integer(0)), "expected": text(("torch", "bundle")),
+                   "sampler": text(("ddim",))}),
     "files": dict_of(text(pattern=_HEX64), min_len=1),
 }, {
     "guidance": obj({"rule": text(GUIDANCE_RULES)}, {"negative_prompt": boolean,
