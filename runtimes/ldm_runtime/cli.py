@@ -199,6 +199,38 @@ def verify(bundle, as_json, backend, provider, low_memory, skip_hash_check):
 
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="The backend to prepare for. Default: the one the bundle was built for.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to keep what is built (default: the bundle's engines/ folder).")
+@click.option("--workspace", default=None, metavar="SIZE",
+              help="tensorrt: the engine builder's memory-pool cap, e.g. 2G (keep it small on 8 GB Jetsons).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="tensorrt: a timing cache file, reused and updated between builds.")
+@click.option("--refittable", is_flag=True, help="tensorrt: build refittable engines (for adapters).")
+@click.option("--provider", default=None, help="onnxruntime: the execution provider to optimize for.")
+@click.option("--force", is_flag=True, help="Build again even when the cache holds this device's entry.")
+@user_errors
+def prepare(bundle, backend, cache_dir, workspace, timing_cache, refittable, provider, force):
+    """Build what BUNDLE needs on this device, once: TensorRT engines for this GPU (a TensorRT bundle), or
+    ONNX Runtime's optimized graphs for this machine (an ONNX bundle), so that later loads are fast. Each is
+    written atomically to the cache, keyed by the graph, the library version and the device: a second run
+    reuses them, an interrupted one leaves nothing half-written."""
+    from .bundle import open_bundle
+    from .runners import PrepareOptions, default_backend, runner_class
+    from .tensorrt.prepare import parse_size
+
+    b = open_bundle(bundle)
+    options = PrepareOptions(cache_dir=Path(cache_dir) if cache_dir else None,
+                             workspace_bytes=parse_size(workspace) if workspace else None,
+                             timing_cache=Path(timing_cache) if timing_cache else None, refittable=refittable,
+                             provider=provider, force=force)
+    for line in runner_class(backend or default_backend(b.manifest)).prepare(b, options, lambda m: click.echo(m, err=True)):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest.")
 @user_errors
 def info(bundle, as_json):

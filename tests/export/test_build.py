@@ -12,14 +12,15 @@ from ldm_export import build as build_mod
 from ldm_export.build import BuildConfig, build
 from ldm_export.resolution import parse_resolution
 from ldm_export.loading import load_model
-from ldm_runtime.bundle import open_bundle, sha256_file
+from ldm_runtime.bundle import SCHEMA_VERSION, open_bundle, sha256_file
 from ldm_runtime.errors import UserError
 
 
 def test_bundle_layout_and_manifest(tiny_bundle):
     b = open_bundle(tiny_bundle)  # validates schema and every sha256
     m = b.manifest
-    assert m["schema_version"] == 1 and m["family"] == "text-to-image" and m["precision"] == "fp32"
+    assert m["schema_version"] == SCHEMA_VERSION and m["family"] == "text-to-image" and m["precision"] == "fp32"
+    assert m["scheduler_class"] == "DDIMScheduler" and set(m["integrity"]) == {"sha256", "sections"}
     assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert m["resolution"] == {"multiple_of": 4, "declared": [[32, 32], [64, 48]], "default": [32, 32],
                                "min": [32, 32], "max": [64, 48]}

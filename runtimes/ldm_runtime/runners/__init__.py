@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 
 from ..errors import BundleError, UserError
-from .base import Runner, RunnerOptions
+from .base import PrepareOptions, Runner, RunnerOptions
 
 RUNNERS: dict[str, str] = {
     "onnxruntime": "ldm_runtime.runners.onnxruntime:OnnxRuntimeRunner",
@@ -43,4 +43,4 @@ def make_runner(backend: str, name: str, model_path: Path, spec: dict,
     return runner_class(backend)(name, model_path, spec, options)
 
 
-__all__ = ["BACKENDS", "RUNNERS", "Runner", "RunnerOptions", "default_backend", "make_runner", "runner_class"]
+__all__ = ["BACKENDS", "RUNNERS", "PrepareOptions", "Runner", "RunnerOptions", "default_backend", "make_runner", "runner_class"]

@@ -27,6 +27,37 @@ class RunnerOptions:
     device: int = 0               # tensorrt: the GPU's index
 
 
+def graph_hashes(model_path: Path) -> tuple[str, str | None]:
+    """sha256 of a component's ONNX file and of its external data (None without), from the bundle's
+    manifest when the file is listed there (the bundle was checked on open), else computed."""
+    import json
+
+    from ..bundle import MANIFEST, sha256_file
+
+    data = model_path.with_name(model_path.name + ".data")
+    files: dict[str, str] = {}
+    manifest = model_path.parent / MANIFEST
+    if manifest.is_file():
+        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+
+    def digest(p: Path) -> str:
+        return files.get(p.name) or sha256_file(p)
+
+    return digest(model_path), (digest(data) if data.is_file() else None)
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """``ldm-run prepare``: what a backend may need to build its per-device artefacts."""
+
+    cache_dir: Path | None = None     # default: the bundle's engines/
+    workspace_bytes: int | None = None  # tensorrt: the builder's memory-pool cap
+    timing_cache: Path | None = None  # tensorrt: reused and updated between builds
+    refittable: bool = False          # tensorrt: refittable engines (adapters)
+    provider: str | None = None       # onnxruntime: the execution provider to optimize for
+    force: bool = False               # build again even when the cache has an entry
+
+
 class Runner(ABC):
     """Runs one compiled component. ``spec`` is the component's manifest entry."""
 
@@ -83,6 +114,14 @@ class Runner(ABC):
         """The static batch size of the first input, or None when the batch is dynamic."""
         first = next(iter(self.spec["inputs"].values()))
         return first["shape"][0] if isinstance(first["shape"][0], int) else None
+
+    @classmethod
+    def prepare(cls, bundle, options: PrepareOptions, report) -> list[str]:
+        """Build what this backend needs per device (engines, optimized graphs) into the bundle's cache;
+        returns one line per component. Backends with nothing to prepare say so."""
+        from ..errors import UserError
+
+        raise UserError(f"the {cls.backend} backend has nothing to prepare")
 
     @abstractmethod
     def _load(self) -> None: ...

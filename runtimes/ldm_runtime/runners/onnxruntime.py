@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import BackendUnavailable, BundleError, UserError, one_line
-from .base import Runner, RunnerOptions
+from .base import PrepareOptions, Runner, RunnerOptions, graph_hashes
 
 # Preferred execution providers, best first; the first one installed wins.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
@@ -87,10 +90,11 @@ class OnnxRuntimeRunner(Runner):
         self.low_memory = options.low_memory
         self._session = None
 
-    def _load(self) -> None:
+    def session_options(self, optimize: bool = True):
         ort = _ort()
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         options.intra_op_num_threads = self.threads
         options.log_severity_level = 3
         if self.low_memory:
@@ -100,8 +104,29 @@ class OnnxRuntimeRunner(Runner):
             # SD-1.x UNet at 256x256. Without an arena, malloc churn peaks higher still (+0.2 GiB).
             # The session, arena included, is released after its stage in low-memory mode anyway.
             options.enable_mem_pattern = False
+        return options
+
+    def cache_key(self):
+        """This component's key in the optimized-graph cache (:mod:`.ort_cache`) for the first provider."""
+        from .ort_cache import OrtKey, cpu_features
+
+        onnx_sha, data_sha = graph_hashes(self.model_path)
+        return OrtKey(onnx_sha, data_sha, _ort().__version__, self.providers[0], cpu_features())
+
+    def _cached_graph(self) -> Path | None:
+        """The graph ``ldm-run prepare`` optimized for this device, when there is one (and a manifest to key it)."""
+        from .ort_cache import CACHE_DIR, entry
+
+        if not (self.model_path.parent / "manifest.json").is_file():
+            return None
+        return entry(self.options.cache_dir or self.model_path.parent / CACHE_DIR, self.cache_key(), self.name)
+
+    def _load(self) -> None:
+        ort = _ort()
+        cached = self._cached_graph()
+        options = self.session_options(optimize=cached is None)
         try:
-            self._session = ort.InferenceSession(str(self.model_path), options, providers=self.providers)
+            self._session = ort.InferenceSession(str(cached or self.model_path), options, providers=self.providers)
         except _load_errors() as e:  # the file, not our code: an invalid or foreign graph, a provider that fails
             raise BundleError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
                               f"{one_line(e, with_type=False)}") from e
@@ -121,6 +146,40 @@ class OnnxRuntimeRunner(Runner):
                                   f"{', '.join(f'{k} {t}[{r}]' for k, (t, r) in sorted(got.items()))} but the "
                                   f"manifest says {', '.join(f'{k} {t}[{r}]' for k, (t, r) in sorted(want.items()))}; "
                                   "the bundle is damaged or its files were swapped: rebuild or re-copy it")
+
+    @classmethod
+    def prepare(cls, bundle, options: PrepareOptions, report) -> list[str]:
+        """``ldm-run prepare`` on an ONNX bundle: each component's graph optimized by ONNX Runtime for this
+        machine's provider, saved in the cache, so that later loads skip the optimization."""
+        from .ort_cache import CACHE_DIR, write_entry
+
+        lines = []
+        cache = options.cache_dir or bundle.root / CACHE_DIR
+        for name, spec in bundle.manifest["components"].items():
+            runner = cls(name, bundle.path(spec["file"]), spec, RunnerOptions(provider=options.provider,
+                                                                              cache_dir=cache))
+            if runner._cached_graph() is not None and not options.force:
+                lines.append(f"{name}: reusing the optimized graph {runner.cache_key().digest}")
+                continue
+            report(f"optimizing {name} for {runner.providers[0]} on {runner.cache_key().cpu}")
+            start = time.perf_counter()
+            write_entry(cache, runner.cache_key(), name, runner._optimize_to)
+            lines.append(f"{name}: optimized for {runner.providers[0]} in {time.perf_counter() - start:.1f} s "
+                         f"({runner.cache_key().digest})")
+        return lines
+
+    def _optimize_to(self, target: Path, data_name: str) -> None:
+        """Create a session whose graph optimization writes the optimized graph to ``target``."""
+        options = self.session_options(optimize=True)
+        options.optimized_model_filepath = str(target)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         str(1 << 20))
+        try:
+            _ort().InferenceSession(str(self.model_path), options, providers=self.providers)
+        except _load_errors() as e:
+            raise BundleError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
+                              f"{one_line(e, with_type=False)}") from e
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(self._output_names, feeds)

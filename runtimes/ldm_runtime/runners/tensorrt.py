@@ -16,36 +16,19 @@ tensorrt and cuda-python are imported when a runner loads, never at import.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..bundle import MANIFEST, sha256_file
 from ..errors import BundleError, UserError
 from ..tensorrt.imports import require_tensorrt
-from .base import Runner, RunnerOptions
+from .base import PrepareOptions, Runner, RunnerOptions, graph_hashes
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
     from ..tensorrt.memory import DeviceArena, DeviceBuffer
-
-
-def graph_hashes(model_path: Path) -> tuple[str, str | None]:
-    """sha256 of the component's ONNX file and of its external data (None without), from the bundle's
-    manifest when the file is listed there (the bundle was checked on open), else computed."""
-    data = model_path.with_name(model_path.name + ".data")
-    files: dict[str, str] = {}
-    manifest = model_path.parent / MANIFEST
-    if manifest.is_file():
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
-
-    def digest(p: Path) -> str:
-        return files.get(p.name) or sha256_file(p)
-
-    return digest(model_path), (digest(data) if data.is_file() else None)
 
 
 def dims(d: trt.Dims) -> tuple[int, ...]:
@@ -70,6 +53,18 @@ class TensorRTRunner(Runner):
         self._buffers: dict[str, DeviceBuffer] = {}
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._profile: dict[str, dict[str, list[int]]] = {}
+
+    @classmethod
+    def prepare(cls, bundle, options: PrepareOptions, report) -> list[str]:
+        """``ldm-run prepare`` on a TensorRT bundle: this device's engines (:mod:`ldm_runtime.tensorrt.prepare`)."""
+        from ..tensorrt.builder import BuildOptions
+        from ..tensorrt.prepare import prepare_bundle
+
+        build = BuildOptions(workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
+                             refit="all" if options.refittable else "none")
+        done = prepare_bundle(bundle.root, build, cache_dir=options.cache_dir, manifest=bundle.manifest,
+                              force=options.force, report=report)
+        return [f"{d.component}: {'reused' if d.reused else 'built'} {d.plan} ({d.seconds:g} s)" for d in done]
 
     # -- 1. + 2. load ------------------------------------------------------
     def _load(self) -> None:

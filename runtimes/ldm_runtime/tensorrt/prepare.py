@@ -90,9 +90,12 @@ def parse_size(text: str) -> int:
     units = {"K": 2**10, "M": 2**20, "G": 2**30}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except ValueError:
+        size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, OverflowError):
         raise UserError(f"size '{text}' is not a number of bytes or NUMBER[K|M|G]; try 1G") from None
+    if size <= 0:
+        raise UserError(f"size '{text}' must be more than 0 bytes; try 1G")
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:
