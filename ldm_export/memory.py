@@ -50,6 +50,8 @@ def check_sizes_fit(model: LoadedModel, sizes, available: int | None = None) -> 
     available = available_bytes() if available is None else available
     for w, h in sizes:
         est = estimate_bytes(model, w, h)
+        if not est:  # a custom model: its architecture is not known, so there is nothing to estimate
+            return
         name, need = max(est.items(), key=lambda kv: kv[1])
         if need > available:
             raise UserError(f"resolution {w}x{h} does not fit: the {name} needs about {_gib(need)} at batch "

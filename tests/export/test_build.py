@@ -213,7 +213,7 @@ def test_stale_staging_of_a_killed_build_is_cleaned(tmp_path):
     stale = tmp_path / ".b.partial-999999999"  # no such process
     stale.mkdir()
     (stale / "unet.onnx").write_bytes(b"half")
-    with staging_folder(tmp_path / "b", overwrite=False) as staging:
+    with staging_folder(tmp_path / "b") as staging:
         (staging / "x").write_text("1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 

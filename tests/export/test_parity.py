@@ -26,22 +26,43 @@ def test_tiny_bundle_matches_diffusers_within_two_levels(tiny_bundle, tiny_sd, e
     assert IMAGE_TOLERANCES["fp32"].max_uint8_diff == 2
 
 
-def test_parity_against_another_model_fails_with_exit_1(tiny_bundle, tmp_path):
-    """A bundle compared with a different model (here: other random weights) must be caught."""
+def test_parity_against_another_model_is_refused_in_one_line(tiny_bundle, tmp_path):
+    """A bundle compared with a model other than its source (here: other random weights) stops at once with
+    exit 2 naming both hashes, before any reference run (it used to be an ONNX Runtime comparison)."""
     from tests.models.sd import make_tiny_sd
 
     other = make_tiny_sd(tmp_path / "other", seed=1)
     r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "parity", str(tiny_bundle), "--reference", str(other),
                         "--prompt", "a red circle", "--seed", "0", "--steps", "3", "--json"],
                        capture_output=True, text=True, timeout=600)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {other} is not the model")
+
+
+def test_a_bundle_that_drifted_from_its_model_fails_parity_with_exit_1(tiny_bundle, tiny_sd, tmp_path):
+    """The UNet's weights changed after the build (hashes updated, so the bundle opens): parity exits 1 with
+    the UNet row failing and the first step diverging, as a CI gate must see it."""
     import json
 
+    import onnx
+    from onnx import numpy_helper
+
+    from tests.bundle_edits import copy_bundle, rehash
+
+    root = copy_bundle(tiny_bundle, tmp_path / "b")
+    model = onnx.load(str(root / "unet.onnx"))
+    w = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2.0, w.name))
+    onnx.save(model, str(root / "unet.onnx"))
+    rehash(root, "unet.onnx")
+    r = subprocess.run([sys.executable, "-m", "ldm_export.cli", "parity", str(root), "--reference", str(tiny_sd),
+                        "--prompt", "a red circle", "--seed", "0", "--steps", "3", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1, r.stderr
     report = json.loads(r.stdout)
     assert report["ok"] is False
-    assert not all(c["ok"] for c in report["components"])
+    assert not next(c for c in report["components"] if c["component"] == "unet")["ok"]
     assert report["cases"][0]["first_divergent_step"] == 1
-    assert "hash differs" in report["notes"][0]
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ unless TensorRT's Python package and a GPU are both present.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,13 @@ def tiny_calibration(tiny_sd, tmp_path_factory) -> Path:
 
 
 def build_tiny(tiny_sd, calibration, out: Path, precision: str) -> Path:
+    """A ``--target tensorrt`` bundle of ``tiny_sd`` (the build checks every graph against TensorRT 10.3's
+    ONNX parser, and every Q/DQ against explicit quantization)."""
     from ldm_export.build import BuildConfig, build
-    from ldm_export.golden import GoldenConfig
+    from ldm_export.golden import GOLDEN
 
-    build(BuildConfig(model=tiny_sd, out=out, resolutions=TINY_SIZES, precision=precision,
-                      calibration=calibration if precision != "fp32" else None, golden=GoldenConfig(steps=2)))
+    build(BuildConfig(model=tiny_sd, out=out, resolutions=TINY_SIZES, precision=precision, target="tensorrt",
+                      calibration=calibration if precision != "fp32" else None, golden=replace(GOLDEN, steps=2)))
     return out
 
 
@@ -63,9 +66,10 @@ FAMILY_MODELS = ("tiny-sd",)   # + tests.models.FAMILIES, added below
 
 @pytest.fixture(scope="session")
 def family_bundles(tmp_path_factory) -> dict[str, Path]:
-    """An fp32 bundle of every tiny model of the registry's FAMILIES and of tiny-sd, at its test sizes."""
+    """An fp32 ``--target tensorrt`` bundle of every tiny model of the registry's FAMILIES and of tiny-sd, at its
+    test sizes."""
     from ldm_export.build import BuildConfig, build
-    from ldm_export.golden import GoldenConfig
+    from ldm_export.golden import GOLDEN
     from tests.models import FAMILIES, MODELS, make
 
     root = tmp_path_factory.mktemp("trt-families")
@@ -73,5 +77,6 @@ def family_bundles(tmp_path_factory) -> dict[str, Path]:
     for name in FAMILY_MODELS + FAMILIES:
         model = make(name, root / name / "model")
         out[name] = root / name / "bundle"
-        build(BuildConfig(model=model, out=out[name], resolutions=MODELS[name].sizes, golden=GoldenConfig(steps=2)))
+        build(BuildConfig(model=model, out=out[name], resolutions=MODELS[name].sizes, target="tensorrt",
+                          golden=replace(GOLDEN, steps=2)))
     return out

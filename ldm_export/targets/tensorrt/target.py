@@ -16,6 +16,7 @@ from typing import Any, Callable
 from ldm_runtime.tensorrt.versions import MINIMUM, TrtVersion, check_supported
 
 from ldm_runtime.tensorrt.builder import BuildOptions
+from ldm_runtime.tensorrt.profiles import bundle_profiles
 
 from ..base import CompileJob, Target
 from .engines import build_engines, device_constraints
@@ -48,13 +49,17 @@ class TensorRTTarget(Target):
             require_tensorrt_qdq(path)
         return list(job.onnx_files)
 
-    def finalize(self, staging: Path, manifest: dict, report: Callable[[str], None], bundle_name: str) -> dict:
+    def finalize(self, staging: Path, manifest: dict[str, Any], report: Callable[[str], None],
+                 bundle_name: str) -> dict[str, Any]:
         """Engines for this machine's GPU when it has TensorRT and one; else one line naming ``ldm-run prepare``."""
         result = build_engines(staging, manifest, self.options, bundle_name=bundle_name, report=report)
         if result.note:
             report(result.note)
         self.engines = result.engines
-        return self.device_constraints()
+        constraints = self.device_constraints()
+        # the optimization profiles every engine of this bundle is built with (ldm-run prepare derives the same)
+        constraints["tensorrt"]["profiles"] = bundle_profiles(manifest)
+        return constraints
 
     def versions(self) -> dict[str, str]:
         import onnx

@@ -17,10 +17,11 @@ tensorrt and cuda-python are imported when a runner loads, never at import.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ..bundle import Bundle
 from ..errors import BundleError, UserError
 from ..tensorrt.imports import require_tensorrt
 from .base import PrepareOptions, Runner, RunnerOptions, graph_hashes
@@ -55,7 +56,7 @@ class TensorRTRunner(Runner):
         self._profile: dict[str, dict[str, list[int]]] = {}
 
     @classmethod
-    def prepare(cls, bundle, options: PrepareOptions, report) -> list[str]:
+    def prepare(cls, bundle: Bundle, options: PrepareOptions, report: Callable[[str], None]) -> list[str]:
         """``ldm-run prepare`` on a TensorRT bundle: this device's engines (:mod:`ldm_runtime.tensorrt.prepare`)."""
         from ..tensorrt.builder import BuildOptions
         from ..tensorrt.prepare import prepare_bundle
