@@ -7,10 +7,10 @@ evaluator casts each result to the dtype the program declares.
 
 from __future__ import annotations
 
-from . import activations, constexpr, elementwise, linear, normalization, pooling, reductions, resize, tensor
+from . import activations, attention, constexpr, elementwise, linear, normalization, pooling, reductions, resize, tensor
 
 FAMILIES = {
-    "elementwise": elementwise.OPS, "activations": activations.OPS, "linear": linear.OPS,
+    "elementwise": elementwise.OPS, "activations": activations.OPS, "attention": attention.OPS, "linear": linear.OPS,
     "normalization": normalization.OPS, "pooling": pooling.OPS, "reductions": reductions.OPS, "tensor": tensor.OPS,
     "resize": resize.OPS, "constexpr": constexpr.OPS,
 }
