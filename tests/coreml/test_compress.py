@@ -72,6 +72,7 @@ def test_grouped_palettes_need_ios18(tiny_sd_coreml, tmp_path):
         palettize(src, tmp_path / "g.mlpackage", nbits=4, per_grouped_channel=True)
 
 
+@pytest.mark.slow
 def test_ios18_decoder_grouped_palettes_and_blockwise_int8(tiny_sd_graphs, tiny_sd_exports, tmp_path):
     from ldm_export.targets.coreml.convert import convert_component
 
@@ -89,10 +90,23 @@ def test_ios18_decoder_grouped_palettes_and_blockwise_int8(tiny_sd_graphs, tiny_
     assert int8["size_bytes"]["compressed"] < int8["size_bytes"]["source"]
 
 
-def test_compression_replaces_out_atomically(tiny_sd_coreml, tmp_path):
+def test_packages_are_replaced_atomically(tiny_sd_coreml, tmp_path):
+    """A package is written beside its destination and renamed into place: a failure while writing leaves the
+    old package as it was and no temporary folder behind."""
+    from ldm_export.targets.coreml.package import atomic_package
+
     src, _ = tiny_sd_coreml["fp16", "vae_decoder"]
     out = tmp_path / "dec.mlpackage"
     shutil.copytree(src, out)
-    palettize(out, out, nbits=6)  # in place: the source is read before the package is replaced
-    assert "constexpr_lut_to_dense" in load_program(out, "dec").op_types()
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(RuntimeError), atomic_package(out) as tmp:
+        shutil.copytree(src, tmp)
+        (tmp / "Manifest.json").write_text("half written")
+        raise RuntimeError("interrupted")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "Manifest.json").read_bytes() == (src / "Manifest.json").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dec.mlpackage"]
+    with atomic_package(out) as tmp:
+        shutil.copytree(src, tmp)
+        (tmp / "marker").write_text("new")
+    assert (out / "marker").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["dec.mlpackage"]

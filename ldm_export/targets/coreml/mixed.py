@@ -182,8 +182,8 @@ def palettize_mixed(mlpackage: Path, out: Path, feeds: Feeds, *, target_psnr_db:
             f"mixed palettization cannot reach {target_psnr_db:g} dB output PSNR keeping at most "
             f"{max_high_fraction:.0%} of the palettized weights at {_bits(high_nbits)}: best "
             f"{evaluations[best]:.2f} dB with {len(wide)} of {len(search.blocks)} blocks kept wider"
-            + (f" ({_kept(wide)})" if wide else "") + f"; lower the target, raise max_high_fraction or use "
-            f"low_nbits={low_nbits + 2}")
+            + (f" ({_kept(wide)})" if wide else "") + "; lower the target, raise max_high_fraction or keep "
+            "the sensitive blocks uncompressed (high_nbits=None)")
     wide = candidates[:k]
     final = _write(Path(mlpackage), Path(out), search, wide, low_nbits, high_nbits)
     return {

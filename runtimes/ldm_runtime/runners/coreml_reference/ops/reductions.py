@@ -24,7 +24,7 @@ def _log_sum_exp(x, axis=None, keepdims=False):
 
 
 def _arg(fn):
-    def kernel(x, axis=-1, keep_dims=False):
+    def kernel(x, axis=-1, keep_dims=False, output_dtype="int32"):  # the evaluator applies output_dtype
         out = fn(np.asarray(x), axis=int(axis))
         return np.expand_dims(out, int(axis)) if keep_dims else out
 
