@@ -73,9 +73,15 @@ def evaluate(program: Program, feeds: dict[str, np.ndarray], *, arithmetic: str 
         env[name] = _declared(feeds[name], dtype, arithmetic)
     keep = set(program.outputs)
     for i, op in enumerate(program.ops):
+        cached = [program.decompressed.get((arithmetic, name)) for name in op.outputs]
+        if op.type.startswith("constexpr_") and all(c is not None for c in cached):
+            env.update(zip(op.outputs, cached))
+            continue
         results = _run_op(op, env, program.component)
         for name, dtype, value in zip(op.outputs, op.dtypes, results):
             env[name] = _declared(value, dtype, arithmetic)
+            if op.type.startswith("constexpr_"):  # a weight: decompress it once per program
+                program.decompressed[arithmetic, name] = env[name]
         for ref in op.inputs.values():  # free what no later op reads
             for name in (ref,) if isinstance(ref, str) else ref:
                 if program.last_use.get(name) == i and name not in keep and name not in program.constants:

@@ -36,6 +36,9 @@ class Program:
     ops: list[Op]
     constants: dict[str, object] = field(default_factory=dict)  # value name -> numpy value or str
     last_use: dict[str, int] = field(default_factory=dict)       # value name -> index of its last reader
+    # decompressed weights (constexpr_* outputs depend on constants only), per arithmetic; a copy made with
+    # dataclasses.replace starts empty
+    decompressed: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def precision(self) -> str:

@@ -2,8 +2,8 @@
 
 It proves, without a Mac, that the programs a device will compile compute the model (the graph, the
 enumerated shapes, the weights after compression, fp16 rounding at op boundaries); ``ldm-run verify`` on the
-device then proves the device's kernels. A UNet split into chunks (``spec["chunks"]``) runs chunk after chunk,
-each chunk reading what the earlier ones produced.
+device then proves the device's kernels. A UNet split into chunks (``spec["chunks"]``: their files, relative to
+the folder of ``model_path``, in order) runs chunk after chunk, each reading what the earlier ones produced.
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class CoreMLReferenceRunner(Runner):
                               f"(they produce {sorted(produced)}); rebuild the bundle")
 
     def _check_enumerated(self, feeds: dict[str, np.ndarray]) -> None:
-        """The shapes a device accepts: one of the input's enumerated shapes, when the bundle lists them."""
+        """Only the shapes the bundle was built to serve (the input's ``enumerated`` list, when it has one): the
+        device refuses shapes outside an enumeration, so the reference does too."""
         for key, spec in self.spec["inputs"].items():
             served = [tuple(s) for s in spec.get("enumerated", [])]
             if served and tuple(feeds[key].shape) not in served:
