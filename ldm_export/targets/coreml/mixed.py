@@ -33,11 +33,12 @@ from typing import Callable
 import numpy as np
 
 from ldm_runtime.errors import UserError
+from ldm_runtime.jsonio import json_number
 from ldm_runtime.runners.coreml_reference.evaluate import evaluate as evaluate_program
 from ldm_runtime.runners.coreml_reference.ops import OPS
 from ldm_runtime.runners.coreml_reference.program import Program, load_program
 
-from ...quantize.common import _num, output_psnr
+from ...quantize.common import output_psnr
 from .compress import _cto, _needs_sklearn, palettize, palettizer_config
 from .package import load, package_size, save
 
@@ -190,12 +191,12 @@ def palettize_mixed(mlpackage: Path, out: Path, feeds: Feeds, *, target_psnr_db:
         "method": "palettize-mixed", "low_nbits": low_nbits, "high_nbits": high_nbits,
         "definition": "output PSNR = 10*log10(peak^2 / MSE) against the uncompressed program in the reference "
                       "evaluator, peak = max |reference|, MSE over every element of every output of every feed",
-        "target_psnr_db": target_psnr_db, "psnr_db": _num(final), "met": final >= target_psnr_db,
+        "target_psnr_db": target_psnr_db, "psnr_db": json_number(final, 4), "met": final >= target_psnr_db,
         "high_blocks": wide, "high_weight_fraction": round(sum(params[b] for b in wide) / total, 6),
         "blocks": [{"block": b, "nbits": high_nbits if b in wide else low_nbits, "weight_params": params[b],
-                    "sensitivity_psnr_db": _num(sensitivity[b]), "sensitivity_rank": order.index(b) + 1}
+                    "sensitivity_psnr_db": json_number(sensitivity[b], 4), "sensitivity_rank": order.index(b) + 1}
                    for b in search.blocks],
-        "search": [{"high_blocks": j, "psnr_db": _num(p)} for j, p in sorted(evaluations.items())],
+        "search": [{"high_blocks": j, "psnr_db": json_number(p, 4)} for j, p in sorted(evaluations.items())],
         "feeds": len(feeds), "sensitivity_feeds": len(search.sets["subset"][0]), "file": Path(out).name,
         "size_bytes": {"source": package_size(mlpackage), "compressed": package_size(out)},
         "seconds": round(time.perf_counter() - t0, 2),
