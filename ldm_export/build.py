@@ -11,20 +11,21 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from ldm_runtime.errors import BelowTolerance, UserError
 from ldm_runtime.jsonio import dumps
 from ldm_runtime.request import Request
+from ldm_runtime.schema import COMPONENTS
 
 from .bundle import check_replaceable, finalize_manifest, is_bundle, staging_folder
 from .export import OPSET, ComponentGraph, check_against_torch, component_graphs, export_onnx
 from .golden import GOLDEN, family_request, golden_arrays, write_golden
 from .loading import load_model
 from .model import LoadedModel
-from .precision import PRECISIONS, component_recipe, needs_calibration, quantize_component
+from .precision import PRECISIONS, component_recipe, quantize_component
 from .provenance import producer
 from .resolution import check_resolutions, resolution_entry
 from .targets import CompileJob, Target, get_target
@@ -44,7 +45,7 @@ class BuildConfig:
     tokenizer: Path | None = None   # tokenizer folder, for single-file checkpoints
     factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
     target: str = "onnx"
-    precision: str = "fp32"
+    precision: str | None = None    # None: the target's default (fp32 for ONNX and TensorRT, fp16 for Core ML)
     resolutions: tuple[tuple[int, int], ...] = ()   # empty: the model's native resolution
     golden: Request = field(default_factory=lambda: GOLDEN)  # the golden trajectory's request (size: the smallest)
     overwrite: bool = False
@@ -70,13 +71,15 @@ class _Job:
 
     @property
     def quantized(self) -> bool:
-        return self.cfg.precision != "fp32"
+        """Whether the bundle's golden vectors are its own (it does not compute torch's fp32 numbers)."""
+        return self.target.own_golden(self.cfg.precision)
 
 
 def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) -> dict:
     """Build a bundle at ``cfg.out``; returns its manifest. ``report`` receives one line per stage."""
-    _check_options(cfg)
     target = get_target(cfg.target, dict(cfg.target_options))
+    cfg = replace(cfg, precision=cfg.precision or target.DEFAULT_PRECISION)
+    _check_options(cfg, target)
     check_replaceable(cfg.out, cfg.overwrite, kind="bundle", is_kind=is_bundle, protected=_inputs(cfg))
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
@@ -109,16 +112,18 @@ def _inputs(cfg: BuildConfig) -> list[Path]:
     return [p for p in (cfg.model, cfg.config, cfg.tokenizer, cfg.calibration) if p is not None]
 
 
-def _check_options(cfg: BuildConfig) -> None:
+def _check_options(cfg: BuildConfig, target: Target) -> None:
+    assert cfg.precision is not None
     if cfg.precision not in PRECISIONS:
         raise UserError(f"precision '{cfg.precision}' is not supported; available: {', '.join(PRECISIONS)}")
+    target.check_precision(cfg.precision)
     if cfg.target_psnr is not None and cfg.precision != "mixed":
-        raise UserError("--target-psnr applies to --precision mixed only")
+        raise UserError("--target-psnr applies to --precision mixed (and --target coreml --palettize mixed) only")
     if cfg.int8_layout != "tensorrt" and cfg.precision not in ("int8", "mixed"):
         raise UserError("--int8-layout applies to --precision int8 and mixed only")
-    if cfg.calibration is not None and cfg.precision == "fp32":
-        raise UserError("--calibration applies to quantized builds (--precision fp16, int8 or mixed); an fp32 "
-                        "build uses none: leave it out")
+    if cfg.calibration is not None and not target.needs_calibration(cfg.precision, list(COMPONENTS)):
+        raise UserError(f"--calibration applies to builds that calibrate (--precision fp16, int8 or mixed; "
+                        f"--target coreml --palettize mixed); this {cfg.precision} build uses none: leave it out")
     if cfg.guidance is not None and not (math.isfinite(cfg.guidance) and cfg.guidance > 0):
         raise UserError(f"--guidance must be a finite number > 0; got {cfg.guidance!r}")
 
@@ -131,7 +136,7 @@ def _calibration_set(job: _Job):
     from .calibration import CalibrationSet, collect
 
     cfg, model = job.cfg, job.model
-    if not needs_calibration(cfg.precision, [g.name for g in job.graphs]):
+    if not job.target.needs_calibration(cfg.precision, [g.name for g in job.graphs]):
         return None
     if cfg.calibration is not None:
         job.report(f"reading calibration set {cfg.calibration}")
@@ -154,35 +159,52 @@ def _export_tokenizer(job: _Job) -> dict | None:
 
 
 def _export_components(job: _Job, calib) -> tuple[dict[str, dict], list[dict], dict[str, dict]]:
-    """Every component: export to ONNX and check it against torch at every size, apply the precision's
-    recipe, compile for the target. Returns the manifest's components, the checks, and the recipes."""
+    """Every component: (for targets that compile ONNX) export to ONNX, check it against torch at every size
+    and apply the precision's recipe; then compile for the target. Returns the manifest's components, the
+    checks, and the recipes."""
     components: dict[str, dict] = {}
     checks: list[dict] = []
     recipes: dict[str, dict] = {}
     exported = job.staging / EXPORT_DIR
     exported.mkdir()
     for g in job.graphs:
-        job.report(f"exporting {g.name} to ONNX")
-        files = export_onnx(g, exported, job.sizes[0])
-        job.report(f"checking {g.name} in ONNX Runtime against torch at {', '.join(f'{w}x{h}' for w, h in job.sizes)}")
-        checks += check_against_torch(g, exported / files[0], list(job.sizes), "fp32")
-        recipe = component_recipe(job.cfg.precision, g.name)
-        if job.quantized:
-            job.report(f"quantizing {g.name}: {recipe}")
-        record = quantize_component(recipe, exported / files[0], job.staging / f"{g.name}.onnx",
-                                    _component_feeds(calib, g.name), target_psnr=job.cfg.target_psnr,
-                                    int8_layout=job.cfg.int8_layout, report=job.report)
-        if job.quantized:
-            recipes[g.name] = record
-        onnx_files = tuple(p.name for p in (job.staging / f"{g.name}.onnx", job.staging / f"{g.name}.onnx.data")
-                           if p.exists())
-        files = job.target.compile(CompileJob(job.staging, g.name, onnx_files, g, job.sizes, job.cfg.precision,
-                                              job.report))
+        onnx_files: tuple[str, ...] = ()
+        recipe = job.cfg.precision
+        if job.target.SOURCE == "onnx":
+            onnx_files, recipe, record, rows = _onnx_component(job, g, calib, exported)
+            checks += rows
+            if job.quantized:
+                recipes[g.name] = record
+        compiled = job.target.compile(CompileJob(job.staging, g.name, onnx_files, g, job.sizes, job.cfg.precision,
+                                                 job.report, _component_feeds(calib, g.name)))
+        checks += compiled.checks
+        if compiled.recipe is not None:
+            recipes[g.name] = compiled.recipe
+        files = compiled.files
         components[g.name] = {"file": files[0], "external_data": files[1] if len(files) > 1 else None,
-                              "precision": recipe, "inputs": g.inputs, "outputs": g.outputs}
+                              "precision": recipe, "inputs": g.inputs, "outputs": g.outputs, **compiled.entry}
     shutil.rmtree(exported)
     shutil.rmtree(job.staging / CALIBRATION_DIR, ignore_errors=True)
     return components, checks, recipes
+
+
+def _onnx_component(job: _Job, g: ComponentGraph, calib, exported: Path) -> tuple[tuple[str, ...], str, dict,
+                                                                                 list[dict]]:
+    """Export ``g`` to ONNX, check it against torch at every size, apply the precision's recipe. Returns the
+    bundle's ONNX files, the recipe's name and record, and the checks."""
+    job.report(f"exporting {g.name} to ONNX")
+    files = export_onnx(g, exported, job.sizes[0])
+    job.report(f"checking {g.name} in ONNX Runtime against torch at {', '.join(f'{w}x{h}' for w, h in job.sizes)}")
+    rows = check_against_torch(g, exported / files[0], list(job.sizes), "fp32")
+    recipe = component_recipe(job.cfg.precision, g.name)
+    if job.quantized:
+        job.report(f"quantizing {g.name}: {recipe}")
+    record = quantize_component(recipe, exported / files[0], job.staging / f"{g.name}.onnx",
+                                _component_feeds(calib, g.name), target_psnr=job.cfg.target_psnr,
+                                int8_layout=job.cfg.int8_layout, report=job.report)
+    onnx_files = tuple(p.name for p in (job.staging / f"{g.name}.onnx", job.staging / f"{g.name}.onnx.data")
+                       if p.exists())
+    return onnx_files, recipe, record, rows
 
 
 def _manifest_body(job: _Job, tokenizer: dict | None, components: dict[str, dict]) -> dict:
@@ -192,14 +214,15 @@ def _manifest_body(job: _Job, tokenizer: dict | None, components: dict[str, dict
         "family": model.family, "target": target.name, "precision": cfg.precision,
         "producer": producer(),
         "source": {"format": model.source.format, "name": Path(cfg.model).name, "sha256": model.source.sha256},
-        "backend": {"name": target.backend, "onnx_opset": OPSET, "versions": target.versions()},
+        "backend": {"name": target.backend, **({"onnx_opset": OPSET} if target.SOURCE == "onnx" else {}),
+                    "versions": target.versions()},
         "device_constraints": target.device_constraints(),
         "latent": model.latent.to_manifest(),
         "autoencoder": {"kind": model.autoencoder_kind},
         "conditioning": model.conditioning.to_manifest(),
         "guidance": _guidance_entry(model, cfg),
         "unet_concat": list(model.unet_concat),
-        "resolution": resolution_entry(model, list(job.sizes)),
+        "resolution": resolution_entry(model, list(job.sizes), target.SIZES),
         "scheduler": dict(model.scheduler_config),
         "scheduler_class": model.scheduler_class,
         **({"tokenizer": tokenizer} if tokenizer else {}),
@@ -232,18 +255,21 @@ def _quantized_golden(job: _Job, manifest: dict, arrays: dict, recipes: dict[str
     ``quantization`` section with the distance to fp32 torch."""
     from .quantized_golden import own_golden
 
-    job.report("recording the quantized bundle's own golden vectors (ONNX Runtime, CPU)")
-    vs_fp32 = own_golden(job.staging, manifest, arrays, list(job.graphs))
+    backend, options = job.target.REFERENCE
+    job.report(f"recording the bundle's own golden vectors ({backend}{', ' + options.provider if options.provider else ''})")
+    vs_fp32 = own_golden(job.staging, manifest, arrays, list(job.graphs), backend, options)
     (job.staging / "recipe.json").write_text(dumps(recipes, indent=1) + "\n")
-    lines, below = _quality_lines(job.cfg.precision, vs_fp32)
+    compression = job.target.compression()
+    what = compression or job.cfg.precision
+    lines, below = _quality_lines(what, vs_fp32)
     for line in lines:
         job.report(line)
     if below and not job.cfg.allow_below_target:
-        raise BelowTolerance(f"the {job.cfg.precision} bundle misses its quality target ({'; '.join(below)}); "
+        raise BelowTolerance(f"the {what} bundle misses its quality target ({'; '.join(below)}); "
                              "nothing was written: try another recipe or calibration set, or pass "
                              "--allow-below-target to write it anyway (the shortfall is then recorded)")
-    section = {"recipe": job.cfg.precision, "file": "recipe.json",
-               "components": {n: _recipe_summary(r) for n, r in recipes.items()},
+    section = {"recipe": job.cfg.precision, **({"compression": compression} if compression else {}),
+               "file": "recipe.json", "components": {n: _recipe_summary(r) for n, r in recipes.items()},
                "calibration": calib_summary, "vs_fp32": vs_fp32}
     return {**section, "below_target": below} if below else section
 
@@ -254,7 +280,8 @@ def _component_feeds(calib, name: str):
 
 def _recipe_summary(rec: dict) -> dict:
     """The manifest's short form of a component's recipe (the full record is in recipe.json)."""
-    keep = ("recipe", "mode", "layout", "calibrate_method", "target_psnr_db", "psnr_db", "kept_fp32", "fp32_blocks")
+    keep = ("recipe", "mode", "layout", "calibrate_method", "target_psnr_db", "psnr_db", "kept_fp32", "fp32_blocks",
+            "method", "nbits", "low_nbits", "high_nbits", "high_blocks", "size_bytes")
     out = {}
     for k in keep:
         if k in rec:
@@ -264,7 +291,8 @@ def _recipe_summary(rec: dict) -> dict:
 
 
 def _quality_lines(precision: str, vs_fp32: dict) -> tuple[list[str], list[str]]:
-    """The report lines of the quantized bundle's distance to fp32 torch, and the targets it misses."""
+    """The report lines of the quantized bundle's distance to fp32 torch, and the targets it misses
+    (``precision``: the key of its quality target, a precision or a compression)."""
     from ldm_runtime.tolerances import quality_target
 
     q = quality_target(precision)

@@ -18,6 +18,8 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.exits import OneLineGroup, exit_codes
 from ldm_runtime.jsonio import dumps
 from ldm_runtime.outputs import atomic_write_text, check_output_file
+from ldm_runtime.runners import BACKENDS
+from ldm_runtime.samplers import SAMPLERS
 
 from .build import PRECISIONS, BuildConfig
 from .demo import GUIDANCE as DEMO_GUIDANCE
@@ -93,6 +95,16 @@ def _target_options(**given) -> tuple[tuple[str, object], ...]:
     return tuple((k, v) for k, v in given.items() if v is not None)
 
 
+def _split_target_options(target: str, target_psnr, **given) -> dict:
+    """BuildConfig's ``target_options`` and ``target_psnr``: --target-psnr goes to the target when it takes it
+    (Core ML's --palettize mixed), else to the build's mixed recipe."""
+    from .targets import target_class
+
+    if target_psnr is not None and "target_psnr" in target_class(target).OPTIONS:
+        return {"target_psnr": None, "target_options": _target_options(target_psnr=target_psnr, **given)}
+    return {"target_psnr": target_psnr, "target_options": _target_options(**given)}
+
+
 def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder), ("encoder", f_encoder),
                                      ("text_encoder", f_text)) if v)
@@ -104,7 +116,17 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
 @click.option("--target", type=click.Choice(list(TARGETS)), default="onnx", show_default=True,
               help="What to compile for: onnx (ONNX Runtime on CPU/GPU/CoreML); tensorrt (TensorRT-ready ONNX "
                    "graphs checked against the device's ONNX parser, and engines for this machine's GPU when it "
-                   "has TensorRT; `ldm-run prepare` builds them on the device otherwise). See docs/tensorrt.md.")
+                   "has TensorRT; `ldm-run prepare` builds them on the device otherwise; docs/tensorrt.md); coreml "
+                   "(Core ML ML Programs for macOS/iOS, checked here with the coreml-reference evaluator; "
+                   "docs/coreml.md).")
+@click.option("--deployment-target", default=None, type=click.Choice(["macOS14", "iOS17", "iOS18"]),
+              help="--target coreml: the oldest OS the programs run on [default: macOS14]. iOS18 allows grouped "
+                   "palettes; on iOS targets a UNet over 1 GiB of weights ships in two chunks.")
+@click.option("--palettize", default=None, type=click.Choice(["6", "4", "mixed"]),
+              help="--target coreml: k-means palettize the UNet's and text encoder's weights to 6 or 4 bits, or "
+                   "mixed: 4 bits with the most sensitive UNet blocks at 6 until --target-psnr is met.")
+@click.option("--weights", default=None, type=click.Choice(["int8"]),
+              help="--target coreml: int8 weights (symmetric, per output channel) for the UNet and text encoder.")
 @click.option("--min-tensorrt", default=None, metavar="VERSION",
               help="--target tensorrt: the oldest TensorRT the bundle must parse on [default: 10.3, JetPack 6].")
 @click.option("--workspace", default=None, metavar="SIZE",
@@ -115,8 +137,8 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
               help="--target tensorrt: build refittable engines (weights can be swapped without a rebuild).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="[default: fp32; fp16 for --target coreml] fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
                    "out of range. int8: int8 UNet (static QDQ, per-channel) and text-encoder weights, fp16 "
                    "autoencoder. mixed: as int8, with the UNet's most sensitive blocks kept in fp32 until "
                    "--target-psnr is met. See docs/quantization.md.")
@@ -129,8 +151,8 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
                    "Runtime's CPU provider runs as integer kernels (QLinearConv, MatMulIntegerToFloat): faster on "
                    "CPUs, not meant for TensorRT.")
 @click.option("--target-psnr", type=finite(min=0, min_open=True), default=None,
-              help="--precision mixed: the UNet output's PSNR vs fp32 on calibration data, in dB "
-                   "[default: 35].")
+              help="--precision mixed (or --target coreml --palettize mixed): the UNet output's PSNR vs fp32 "
+                   "(vs the fp16 program) on calibration data, in dB [default: 35].")
 @click.option("--resolution", "resolutions", multiple=True, metavar="WxH",
               help="An image size the bundle must serve (repeatable). The first is the default; the bundle "
                    "accepts any multiple of the size step between the smallest and largest. "
@@ -150,7 +172,7 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
           guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target,
-          min_tensorrt, workspace, timing_cache, refittable):
+          min_tensorrt, workspace, timing_cache, refittable, deployment_target, palettize, weights):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
@@ -163,10 +185,12 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       factories=_factories(f_unet, f_decoder, f_encoder, f_text),
                       resolutions=tuple(parse_resolution(r) for r in resolutions),
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
-                      calibration=_opt_path(calibration), target_psnr=target_psnr, int8_layout=int8_layout,
+                      calibration=_opt_path(calibration), int8_layout=int8_layout,
                       guidance=guidance, allow_below_target=allow_below_target,
-                      target_options=_target_options(min_tensorrt=min_tensorrt, workspace=workspace,
-                                                     timing_cache=timing_cache, refittable=refittable))
+                      **_split_target_options(target, target_psnr=target_psnr, min_tensorrt=min_tensorrt,
+                                              workspace=workspace, timing_cache=timing_cache, refittable=refittable,
+                                              deployment_target=deployment_target, palettize=palettize,
+                                              weights=weights))
     stage = [0]
 
     def report(msg: str) -> None:
@@ -190,11 +214,16 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
 @click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0))
 @click.option("--width", type=int, default=None)
 @click.option("--height", type=int, default=None)
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True,
+              help="The sampler of both sides: the runtime's numpy port against diffusers' own scheduler.")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Runtime backend of the bundle side. Default: the bundle's own; a Core ML bundle off macOS "
+                   "needs coreml-reference.")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider for the runtime side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @user_errors
 def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts, seeds,
-           steps, guidance, eta, width, height, provider, as_json):
+           steps, guidance, eta, width, height, sampler, backend, provider, as_json):
     """Compare BUNDLE run by ldm-runtime with the diffusers pipeline of the reference model; exit 1 if over tolerance."""
     _quiet_libraries()
 
@@ -205,8 +234,9 @@ def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f
     sweep = ParitySweep(bundle=Path(bundle), reference=_model_path(reference), config=_opt_path(config),
                         tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
                         prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
-                        base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height),
-                        provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
+                        base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height,
+                                     sampler=sampler),
+                        backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
     report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
     click.echo(dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
     sys.exit(0 if report.ok else 1)
@@ -225,10 +255,15 @@ def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f
               help="Guidance scale of the adherence images (default: the demo model's).")
 @click.option("--runs", default=5, show_default=True, type=click.IntRange(min=1),
               help="Timed runs per component (median reported, after one warm-up).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default=None,
+              help="Sampler of the adherence images (default: each bundle's own).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Runtime backend for the bundles it can run; the others run on their own (e.g. coreml-reference "
+                   "for Core ML bundles beside ONNX ones, off macOS).")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider (default: the best installed).")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
 @user_errors
-def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, provider, as_json):
+def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, sampler, backend, provider, as_json):
     """Compare BUNDLES of one model built with different recipes: size, per-component latency here, PSNR
     against fp32 torch (components and golden image) and, with --adherence, prompt adherence."""
     import dataclasses
@@ -242,7 +277,7 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
         raise UserError("--baseline is the bundle the adherence images are compared with: it needs --adherence N")
     cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
                        adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
-                       provider=provider)
+                       provider=provider, backend=backend, sampler=sampler)
     rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
     click.echo(format_report(rows))
     if json_file is not None:
@@ -258,7 +293,7 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
                    "ignored); 'auto' is shapes for the demo model, general otherwise. Ignored by models without "
                    "text conditioning.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000),
-              help="DDIM steps of each trajectory (use the step count the deployed sampler will use).")
+              help="Sampling steps of each trajectory (use the step count the deployed sampler will use).")
 @click.option("--samples", default=64, show_default=True, type=click.IntRange(1),
               help="Trajectories to run: one prompt and one seed each.")
 @click.option("--seed", default=0, show_default=True, type=int,
@@ -273,10 +308,12 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, p
               help="Image size to sample at. Default: the model's native size.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
               help="The calibration folder to write (written atomically; refused if it exists, unless --overwrite).")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True,
+              help="The trajectories' sampler (diffusers' scheduler of that name): the one the bundle will sample with.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
 @user_errors
 def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, prompts, steps, samples, seed, guidance,
-              per_trajectory, resolution, out, overwrite):
+              per_trajectory, resolution, sampler, out, overwrite):
     """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
     timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
     reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
@@ -288,7 +325,7 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
     manifest = collect(_model_path(model), Path(out), prompts=prompts, steps=steps, samples=samples, seed=seed,
                        guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
                        config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
-                       factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)),
+                       factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)), sampler=sampler,
                        report=lambda msg: click.echo(msg, err=True))
     click.echo(summary_line(manifest, Path(out)))
 

@@ -1,7 +1,8 @@
 """``ldm-export parity``: the bundle through the runtime vs the torch reference, same noise.
 
 The reference is the family's diffusers pipeline where one exists (see
-:mod:`ldm_export.reference`). Reports per-component errors (max abs, relative L2,
+:mod:`ldm_export.reference`), with the scheduler of the sweep's sampler (DDIM by default; ``--sampler``
+compares the runtime's numpy port with diffusers' own scheduler). Reports per-component errors (max abs, relative L2,
 cosine), per-step latent drift with the first step over tolerance, and final-image
 PSNR / max abs difference, for a few prompts (or class labels, or input images) and seeds.
 
@@ -21,7 +22,8 @@ from ldm_runtime.metrics import compare, max_abs, psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
 from ldm_runtime.runners import RunnerOptions
-from ldm_runtime.tolerances import COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES, quality_target
+from ldm_runtime.tolerances import (COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJECTORY_TOLERANCES, quality_key,
+                                    quality_target)
 
 from .export import component_graphs, torch_outputs
 from .golden import component_inputs, family_request
@@ -44,6 +46,7 @@ class ParitySweep:
     seeds: tuple[int, ...] = (0, 42)
     class_labels: tuple[int, ...] = (0,)
     provider: str | None = None     # ONNX Runtime execution provider of the runtime side (None: the best)
+    backend: str | None = None      # the runtime backend (None: the bundle's; coreml-reference for Core ML on Linux)
     config: Path | None = None      # original YAML when the reference is a single-file checkpoint
     tokenizer: Path | None = None
     factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
@@ -64,11 +67,12 @@ class ParityReport:
 
 
 def _component_rows(pipeline: Pipeline, graphs, inputs, precision: str) -> list[dict]:
-    """Each component on an input taken from the reference run, runtime vs torch."""
+    """Each component on an input taken from the reference run, runtime vs torch (``precision``: the key of
+    the quality target that judges the bundle, ``ldm_runtime.tolerances.quality_key``)."""
     rows = []
     target = quality_target(precision)
     for g in graphs:
-        tol = COMPONENT_TOLERANCES[precision][g.name]
+        tol = COMPONENT_TOLERANCES["fp32"][g.name]
         got = pipeline.run_component(g.name, inputs[g.name], where="parity inputs")
         for name, ref in torch_outputs(g, inputs[g.name]).items():
             m = {**compare(got[name], ref), "psnr_db": tensor_psnr(got[name], ref)}
@@ -92,8 +96,8 @@ def _requests(model, sweep: ParitySweep, width: int, height: int) -> list[Reques
 
 def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport:
     bundle = open_bundle(sweep.bundle)
-    precision = bundle.manifest["precision"]
-    pipeline = Pipeline(bundle, Components(bundle, options=RunnerOptions(provider=sweep.provider)))
+    precision = quality_key(bundle.manifest)   # fp32: the tolerance tables; else the quality target
+    pipeline = Pipeline(bundle, Components(bundle, backend=sweep.backend, options=RunnerOptions(provider=sweep.provider)))
     model = load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
     built_from = bundle.manifest["source"]["sha256"]
     if model.source.sha256 != built_from:
@@ -103,26 +107,27 @@ def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport
     width, height = pipeline.resolve_size(sweep.base.width, sweep.base.height)
     report = ParityReport()
     graphs = component_graphs(model)
-    traj_tol, img_tol = TRAJECTORY_TOLERANCES[precision], IMAGE_TOLERANCES[precision]
+    traj_tol, img_tol = TRAJECTORY_TOLERANCES[bundle.manifest["precision"]], IMAGE_TOLERANCES["fp32"]
     for req in _requests(model, sweep, width, height):
         label = req.prompt or (f"class {req.class_label}" if req.class_label is not None else model.family)
         report_line(f"parity: {label!r} seed {req.seed}")
         ref = reference_generate(model, req)
         if not report.components:
             report.components = _component_rows(pipeline, graphs, component_inputs(model, ref, req), precision)
-        run = pipeline.generate(replace(req, sampler="ddim"), trace=True)  # the reference's scheduler
+        run = pipeline.generate(replace(req, sampler=req.sampler or "ddim"), trace=True)  # the reference's scheduler
+        complete = len(run.latents) == len(ref.latents) > 0
         drift = [compare(a, b) for a, b in zip(run.latents, ref.latents)]
         first = next((i for i, d in enumerate(drift, 1)
                       if d["rel_l2"] > traj_tol.rel_l2 or d["cosine"] < traj_tol.min_cosine), None)
         diff = max_abs(run.image, ref.image)
         p = psnr(run.image, ref.image, 255.0)
         if precision == "fp32":
-            ok = first is None and len(drift) == req.steps and diff <= img_tol.max_uint8_diff \
+            ok = first is None and complete and diff <= img_tol.max_uint8_diff \
                 and p >= img_tol.min_psnr_db
         else:
-            ok = len(drift) == req.steps and p >= quality_target(precision).image_psnr_db
+            ok = complete and p >= quality_target(precision).image_psnr_db
         report.cases.append({
-            "prompt": label, "seed": req.seed, "steps": req.steps, "eta": req.eta,
+            "prompt": label, "seed": req.seed, "steps": req.steps, "eta": req.eta, "sampler": req.sampler or "ddim",
             "step_rel_l2": [d["rel_l2"] for d in drift], "step_max_abs": [d["max_abs"] for d in drift],
             "first_divergent_step": first, "image_max_abs": diff, "image_psnr_db": p,
             "ok": ok,

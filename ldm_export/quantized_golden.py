@@ -1,7 +1,8 @@
 """Golden vectors of a quantized bundle: its own outputs, recorded at build time.
 
 A quantized bundle does not reproduce torch's fp32 numbers, so its golden vectors are
-what *it* computes on the golden inputs with ONNX Runtime's CPU provider: every
+what *it* computes on the golden inputs with its target's reference backend (ONNX Runtime's CPU
+provider for ONNX and TensorRT bundles, the coreml-reference evaluator for Core ML ones): every
 component on the inputs recorded from the torch reference, and the full golden
 trajectory through the runtime pipeline (same noise, same sampler). ``ldm-run
 verify`` then checks that a device reproduces the bundle it was given, against the
@@ -26,10 +27,12 @@ from ldm_runtime.verify import golden_tensors
 TRAJECTORY_KEYS = ("trajectory/latents", "trajectory/decoded", "trajectory/image")
 
 
-def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], graphs) -> dict:
-    """Replace the torch outputs in ``arrays`` by the bundle's own (in place); return the PSNRs vs torch."""
+def own_golden(staging: Path, manifest: dict, arrays: dict[str, np.ndarray], graphs, backend: str = "onnxruntime",
+               options: RunnerOptions = RunnerOptions(provider="cpu")) -> dict:
+    """Replace the torch outputs in ``arrays`` by the bundle's own, computed by ``backend`` (in place); return
+    the PSNRs vs torch."""
     bundle = Bundle(root=staging, manifest=manifest)
-    pipeline = Pipeline(bundle, Components(bundle, backend="onnxruntime", options=RunnerOptions(provider="cpu")))
+    pipeline = Pipeline(bundle, Components(bundle, backend=backend, options=options))
     vs_fp32: dict = {"components": {}}
     try:
         for g in graphs:

@@ -1,8 +1,9 @@
 """The torch reference for every family.
 
 Where diffusers has a pipeline for the family (StableDiffusion*, LDM*), that pipeline
-*is* the reference: it is run unchanged with a DDIMScheduler from the model's config,
-and hooks record what the runtime must reproduce (latents after every step, the
+*is* the reference: it is run unchanged with the request's scheduler (DDIM unless
+``req.sampler`` names another: the diffusers class of that runtime sampler) made from the
+model's config, and hooks record what the runtime must reproduce (latents after every step, the
 UNet's inputs at step 2, or at every step for calibration sets, the decoder's input
 and output). Class-conditional models and custom modules have no diffusers pipeline;
 they use :func:`_own_loop`, the original sampler's algorithm written with diffusers'
@@ -12,6 +13,7 @@ scheduler.
 from __future__ import annotations
 
 import functools
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -129,18 +131,26 @@ def _pipeline_call(model: LoadedModel, req: Request, generator) -> dict:
     return kw
 
 
+def reference_scheduler(model: LoadedModel, sampler: str | None):
+    """diffusers' scheduler of the runtime sampler ``sampler`` (None: DDIM), from the model's config."""
+    import diffusers
+
+    from ldm_runtime.samplers import SAMPLERS
+
+    return getattr(diffusers, SAMPLERS[sampler or "ddim"].diffusers_class).from_config(dict(model.scheduler_config))
+
+
 def reference_generate(model: LoadedModel, req: Request, record_all: bool = False) -> ReferenceRun:
     """Run the family's reference sampler and record what the runtime must reproduce; with
     ``record_all``, the UNet's inputs at every step too (``run.unet_calls``)."""
     import torch
-    from diffusers import DDIMScheduler
 
     if req.guidance_scale is None or req.width is None or req.height is None:  # our bug, not the user's
         raise ValueError(f"the reference needs a complete request (golden.family_request); got {req}")
     if model.reference_pipeline is None:
         return _own_loop(model, req, record_all)
     pipe = model.reference_pipeline
-    pipe.scheduler = DDIMScheduler.from_config(dict(model.scheduler_config))
+    pipe.scheduler = reference_scheduler(model, req.sampler)
     vae = getattr(pipe, "vae", None) or pipe.vqvae
     generator = torch.Generator().manual_seed(req.seed)
     rec = _Recorder(pipe.scheduler, pipe.unet, vae, _unet_extra(model), generator, record_all)
@@ -164,15 +174,15 @@ def _finish(model: LoadedModel, timesteps, rec: _Recorder, image01: np.ndarray) 
 
 
 def _own_loop(model: LoadedModel, req: Request, record_all: bool = False) -> ReferenceRun:
-    """The DDIM sampler of the original repository, written with diffusers' scheduler, for models that
-    have no diffusers pipeline (class-conditional, custom modules). Draws noise in the same order as
-    diffusers' pipelines; classifier-free guidance with the unconditional row first when the family's
-    rule (written out here, independently of the runtime's table) turns it on."""
+    """The sampling loop of the original repository, written with diffusers' scheduler (DDIM, or the
+    request's), for models that have no diffusers pipeline (class-conditional, custom modules). Draws noise
+    in the same order as diffusers' pipelines; classifier-free guidance with the unconditional row first when
+    the family's rule (written out here, independently of the runtime's table) turns it on."""
     import torch
-    from diffusers import DDIMScheduler
 
     m = model.modules
-    scheduler = DDIMScheduler.from_config(dict(model.scheduler_config))
+    scheduler = reference_scheduler(model, req.sampler)
+    accepts = inspect.signature(scheduler.step).parameters
     rec = _Recorder(scheduler, m.unet, m.vae, _unet_extra(model), record_all=record_all)
     rule = model.guidance.rule
     guided = (rule == "greater_than_one" and req.guidance_scale > 1) or (rule == "not_one" and req.guidance_scale != 1)
@@ -183,13 +193,15 @@ def _own_loop(model: LoadedModel, req: Request, record_all: bool = False) -> Ref
         with torch.no_grad():
             latents = torch.randn((1, model.latent.channels, req.height // f, req.width // f), generator=g)
             scheduler.set_timesteps(req.steps)
+            latents = latents * scheduler.init_noise_sigma
+            step_kw = {k: v for k, v in (("eta", req.eta), ("generator", g)) if k in accepts}
             for t in scheduler.timesteps:
-                x = torch.cat([latents, latents]) if guided else latents
+                x = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
                 out = m.unet(x, t, **extra, return_dict=False)[0]
                 if guided:
                     e_null, e_cond = out.chunk(2)
                     out = e_null + req.guidance_scale * (e_cond - e_null)
-                latents = scheduler.step(out, t, latents, eta=req.eta, generator=g).prev_sample
+                latents = scheduler.step(out, t, latents, **step_kw).prev_sample
             z = latents / model.latent.scaling_factor
             if m.vae is None:
                 decoded = m.decoder(z)

@@ -26,8 +26,8 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import psnr, tensor_psnr
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
-from ldm_runtime.runners import RunnerOptions
-from ldm_runtime.tolerances import quality_target
+from ldm_runtime.runners import RunnerOptions, backend_for, options_for
+from ldm_runtime.tolerances import quality_key, quality_target
 from ldm_runtime.verify import golden_tensors, load_golden
 
 from .demo import GUIDANCE as DEMO_GUIDANCE
@@ -43,6 +43,8 @@ class ReportConfig:
     steps: int = 50
     guidance_scale: float = DEMO_GUIDANCE
     provider: str | None = None       # ONNX Runtime execution provider (None: the best installed)
+    backend: str | None = None        # for the bundles it can run (others: their own), e.g. coreml-reference
+    sampler: str | None = None        # of the adherence images (None: each bundle's default)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class BundleRow:
     name: str
     precision: str
     size_bytes: int
+    quality: str = ""      # the quality target that judges it (its compression's, else its precision's)
+    backend: str = ""
     latency_ms: dict[str, float] = field(default_factory=dict)
     component_psnr_db: dict[str, float] = field(default_factory=dict)
     golden_image_psnr_db: float = float("nan")
@@ -68,9 +72,12 @@ def _torch_ref(golden: dict[str, np.ndarray], component: str, output: str) -> np
 def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
     bundle = open_bundle(path)
     m = bundle.manifest
-    pipeline = Pipeline(bundle, Components(bundle, options=RunnerOptions(provider=cfg.provider)))
+    backend = backend_for(m, cfg.backend)
+    options = options_for(backend, RunnerOptions(provider=cfg.provider))
+    pipeline = Pipeline(bundle, Components(bundle, backend=backend, options=options))
     golden = load_golden(bundle)
-    row = BundleRow(name=str(path), precision=m["precision"], size_bytes=bundle_size(bundle))
+    row = BundleRow(name=str(path), precision=m["precision"], size_bytes=bundle_size(bundle), quality=quality_key(m),
+                    backend=backend)
     for name, comp in m["components"].items():
         feeds = golden_tensors(golden, name, "in")
         if not feeds:
@@ -93,11 +100,12 @@ def measure_bundle(path: Path, cfg: ReportConfig) -> tuple[BundleRow, Pipeline]:
 
 
 def adherence_images(pipeline: Pipeline, prompts: list[str], seeds: int, steps: int, guidance: float,
-                     progress=None) -> list[np.ndarray]:
+                     progress=None, sampler: str | None = None) -> list[np.ndarray]:
     images = []
     for p in prompts:
         for s in range(seeds):
-            images.append(pipeline.generate(Request(prompt=p, steps=steps, guidance_scale=guidance, seed=s)).image)
+            req = Request(prompt=p, steps=steps, guidance_scale=guidance, seed=s, sampler=sampler)
+            images.append(pipeline.generate(req).image)
             if progress is not None:
                 progress.update(1)
     return images
@@ -129,14 +137,14 @@ def run_report(cfg: ReportConfig, progress_factory=None) -> list[BundleRow]:
         images: list[list[np.ndarray]] = []
         for row, pipe in zip(rows, pipelines):
             bar = progress_factory(len(reps), row.name) if progress_factory else None
-            images.append(adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar))
+            images.append(adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar, cfg.sampler))
             if bar is not None:
                 bar.close()
             row.adherence = adherence.score(reps, images[-1])
         for row, own in zip(rows, images):
             values = np.array([psnr(a, b, 255.0) for a, b in zip(own, images[base])])
             finite = values[np.isfinite(values)]
-            floor = quality_target(row.precision).image_psnr_db
+            floor = quality_target(row.quality).image_psnr_db
             row.vs_baseline_psnr_db = {
                 "mean": float(finite.mean()) if finite.size else float("inf"),  # over the images that differ
                 "median": float(np.median(values)), "min": float(values.min()),
@@ -163,16 +171,16 @@ def format_report(rows: list[BundleRow]) -> str:
     comps = sorted({c for r in rows for c in r.latency_ms}, key=_ORDER.index)
     outs = sorted({c for r in rows for c in r.component_psnr_db}, key=lambda c: _ORDER.index(c.split(".")[0]))
     lines = _table(
-        ["bundle", "precision", "size MiB", *(f"{c} ms" for c in comps), *(f"{c} dB" for c in outs),
+        ["bundle", "recipe", "backend", "size MiB", *(f"{c} ms" for c in comps), *(f"{c} dB" for c in outs),
          "golden image dB"],
-        [[r.name, r.precision, f"{r.size_bytes / 2**20:.2f}",
+        [[r.name, r.quality or r.precision, r.backend, f"{r.size_bytes / 2**20:.2f}",
           *(f"{r.latency_ms.get(c, float('nan')):.2f}" for c in comps),
           *(_db(r.component_psnr_db.get(c, float("nan"))) for c in outs), _db(r.golden_image_psnr_db)]
          for r in rows])
     if any(r.adherence for r in rows):
         lines += [""] + _table(
             ["bundle", "n", "colour", "shape", "colour+shape", "position", "overall",
-             "image dB vs baseline (mean / median / min)", "images below the precision's floor"],
+             "image dB vs baseline (mean / median / min)", "images below the recipe's floor"],
             [[r.name, str(r.adherence["n"]),
               *(f"{100 * r.adherence[k]:.1f} %" for k in ("colour", "shape", "colour_shape", "position", "overall")),
               " / ".join(_db(r.vs_baseline_psnr_db[k]) for k in ("mean", "median", "min")),

@@ -31,9 +31,10 @@ def check_resolutions(model: LoadedModel, sizes: tuple[tuple[int, int], ...]) ->
     return sizes
 
 
-def resolution_entry(model: LoadedModel, sizes: list[tuple[int, int]]) -> dict:
-    """The manifest's ``resolution``: the first size is the default; any multiple of the step within the
-    declared sizes' range is accepted."""
-    return {"multiple_of": model.size_multiple, "declared": [list(s) for s in sizes],
+def resolution_entry(model: LoadedModel, sizes: list[tuple[int, int]], serves: str = "range") -> dict:
+    """The manifest's ``resolution``: the first size is the default; ``serves`` "range": any multiple of the
+    step within the declared sizes' range is accepted; "declared": only the declared sizes (the target's
+    programs enumerate their shapes)."""
+    return {"multiple_of": model.size_multiple, "declared": [list(s) for s in sizes], "sizes": serves,
             "default": list(sizes[0]), "min": [min(w for w, _ in sizes), min(h for _, h in sizes)],
             "max": [max(w for w, _ in sizes), max(h for _, h in sizes)]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +112,13 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             seed: int = 0, guidance_scale: float | None = None, per_trajectory: int = 4, width: int | None = None,
             height: int | None = None, config: Path | None = None, tokenizer: Path | None = None,
             factories: dict[str, str] | None = None, overwrite: bool = False,
-            report: Callable[[str], None] | None = None) -> dict:
+            report: Callable[[str], None] | None = None, sampler: str = "ddim") -> dict:
     """Write a calibration set of ``model_path`` to ``out``; returns its manifest.
 
     ``prompts``: ``general``, ``shapes``, a prompt file, or ``auto`` (``shapes`` for the embedded demo model,
     ``general`` otherwise); text models only. ``guidance_scale`` None: the embedded demo model's scale for
-    it, 7.5 otherwise. ``report`` receives a line per stage and turns on a progress
+    it, 7.5 otherwise. ``sampler``: the trajectories' scheduler (diffusers' class of that runtime sampler;
+    use the one the deployed bundle will sample with). ``report`` receives a line per stage and turns on a progress
     bar over the samples (stderr); None keeps quiet.
     """
     from ..export import component_graphs
@@ -135,10 +137,10 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     dw, dh = model.default_resolution
     size = check_resolutions(model, ((width or dw, height or dh),))[0]
     pick_rng, step_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    requests = _requests(model, prompt_set, samples, pick_rng, seed=seed, steps=steps,
-                         guidance_scale=guidance_scale, size=size)
+    requests = [replace(r, sampler=sampler) for r in _requests(model, prompt_set, samples, pick_rng, seed=seed,
+                                                                steps=steps, guidance_scale=guidance_scale, size=size)]
     graphs = {g.name: list(g.inputs) for g in component_graphs(model)}
-    say(f"running {samples} DDIM trajectories of {steps} steps at {size[0]}x{size[1]}, recording "
+    say(f"running {samples} {sampler} trajectories of {steps} steps at {size[0]}x{size[1]}, recording "
         f"{per_trajectory} UNet inputs from each")
     with staging_folder(out) as staging:
         writers = {name: _ShardWriter(staging, name) for name in graphs}
@@ -157,7 +159,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             "model": {"name": Path(model_path).name, "family": model.family, "sha256": model.source.sha256},
             "prompts": ({"set": prompt_set.name, "sha256": prompt_set.sha256, "count": len(prompt_set.prompts)}
                         if model.text is not None else None),
-            "sampler": "ddim", "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "eta": 0.0,
+            "sampler": sampler, "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "eta": 0.0,
             "classifier_free_guidance": components["unet"]["inputs"]["sample"]["shape"][0] == 2,
             "samples": samples, "per_trajectory": per_trajectory, "resolution": list(size),
             "components": components,
@@ -192,8 +194,9 @@ def _record_trajectory(model, k: int, req, picks: list[int], writers: dict[str, 
     from ..reference import reference_generate
 
     run = reference_generate(model, req, record_all=True)
-    if len(run.unet_calls) != req.steps:
-        raise RuntimeError(f"the reference made {len(run.unet_calls)} UNet calls for {req.steps} DDIM steps")
+    if len(run.unet_calls) != len(run.timesteps) or len(run.unet_calls) < req.steps:
+        raise RuntimeError(f"the reference made {len(run.unet_calls)} UNet calls for {len(run.timesteps)} timesteps "
+                           f"({req.steps} steps)")
     for i in picks:
         writers["unet"].add({n: run.unet_calls[i][n] for n in graphs["unet"]})
     for name, feeds in sorted(component_inputs(model, run, req).items()):

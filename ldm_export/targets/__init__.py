@@ -10,11 +10,12 @@ import importlib
 
 from ldm_runtime.errors import UserError
 
-from .base import CompileJob, Target
+from .base import CompileJob, Compiled, Target
 
 TARGETS: dict[str, str] = {
     "onnx": "ldm_export.targets.onnx:OnnxTarget",
     "tensorrt": "ldm_export.targets.tensorrt.target:TensorRTTarget",
+    "coreml": "ldm_export.targets.coreml.target:CoreMLTarget",
 }
 
 
@@ -39,4 +40,4 @@ def get_target(name: str, options: dict | None = None) -> Target:
     return cls(**options)
 
 
-__all__ = ["TARGETS", "CompileJob", "Target", "get_target", "target_class"]
+__all__ = ["TARGETS", "CompileJob", "Compiled", "Target", "get_target", "target_class"]

@@ -8,15 +8,15 @@ device has; baking them in offline would tie the bundle to one provider.
 
 from __future__ import annotations
 
-from .base import CompileJob, Target
+from .base import CompileJob, Compiled, Target
 
 
 class OnnxTarget(Target):
     name = "onnx"
     backend = "onnxruntime"
 
-    def compile(self, job: CompileJob) -> list[str]:
-        return list(job.onnx_files)
+    def compile(self, job: CompileJob) -> Compiled:
+        return Compiled(list(job.onnx_files))
 
     def versions(self) -> dict[str, str]:
         import onnx

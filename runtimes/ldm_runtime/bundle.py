@@ -8,7 +8,8 @@ runs:
    the build: an edited manifest is refused, naming the sections that changed);
 2. every field the runtime reads (:mod:`ldm_runtime.schema`);
 3. every path the manifest names: relative, normalized, inside the bundle (no ``..``, no absolute path,
-   no symlink leading out), and listed in ``files``;
+   no symlink leading out), and listed in ``files`` (a folder such as a Core ML ``.mlpackage``: every file
+   in it, and nothing else in it);
 4. the sha256 of every file in ``files``.
 """
 
@@ -102,7 +103,26 @@ def manifest_paths(m: dict) -> dict[str, str]:
         paths[f"components.{name}.file"] = comp["file"]
         if comp.get("external_data"):
             paths[f"components.{name}.external_data"] = comp["external_data"]
+        for i, chunk in enumerate(comp.get("chunks", [])):
+            paths[f"components.{name}.chunks[{i}].file"] = chunk["file"]
     return paths
+
+
+def _listed(root: Path, rel: str, where: str, files: dict) -> None:
+    """A manifest path has a sha256 in ``files``; a folder (a Core ML ``.mlpackage``) has one for every file in
+    it, and nothing in it that is not listed (a file added to a package would change what the device runs)."""
+    if rel in files:
+        return
+    under = {f for f in files if f.startswith(rel + "/")}
+    if not under:
+        raise BundleError(f"manifest.json: '{where}' = {rel!r} has no sha256 entry in 'files'")
+    full = root / rel
+    if full.is_dir():
+        extra = sorted(str(p.relative_to(root).as_posix()) for p in full.rglob("*") if p.is_file()
+                       and p.relative_to(root).as_posix() not in under)
+        if extra:
+            raise BundleError(f"bundle folder {rel} holds {extra[0]}, which the manifest does not list; "
+                              f"rebuild or re-copy the bundle")
 
 
 @dataclass(frozen=True)
@@ -121,6 +141,12 @@ class Bundle:
         except KeyError:
             raise BundleError(f"the bundle has no '{name}' component; it has "
                               f"{', '.join(self.manifest['components'])}") from None
+
+    def component_files(self, name: str) -> list[str]:
+        """The bundle files of component ``name`` (its graph, external data, or every file of its packages)."""
+        comp = self.component(name)
+        paths = [comp["file"], comp.get("external_data"), *(c["file"] for c in comp.get("chunks", []))]
+        return [f for f in self.manifest["files"] if any(p and (f == p or f.startswith(p + "/")) for p in paths)]
 
     @property
     def has_text_encoder(self) -> bool:
@@ -165,8 +191,7 @@ def open_bundle(root: str | Path, check_hashes: bool = True) -> Bundle:
         inside(root, rel, f"files.{rel}")
     for where, rel in manifest_paths(manifest).items():
         inside(root, rel, where)
-        if rel not in manifest["files"]:
-            raise BundleError(f"manifest.json: '{where}' = {rel!r} has no sha256 entry in 'files'")
+        _listed(root, rel, where, manifest["files"])
     bundle = Bundle(root=root, manifest=manifest)
     if check_hashes:
         bundle.verify_hashes()

@@ -24,13 +24,16 @@ from .samplers import SAMPLERS
 user_errors = exit_codes("ldm-run")
 
 
-def _open(bundle_dir: str, backend: str | None, provider: str | None, low_memory: bool, skip_hash_check: bool):
+def _open(bundle_dir: str, backend: str | None, low_memory: bool, skip_hash_check: bool, **backend_options):
+    """The bundle's pipeline; ``backend_options``: the backend-specific RunnerOptions given on the command line
+    (``--provider``, ``--compute-units``, ``--arithmetic``; None where not given). One the backend would
+    ignore is refused."""
     from .bundle import open_bundle
     from .pipeline import Components, Pipeline
     from .runners import RunnerOptions
 
     bundle = open_bundle(bundle_dir, check_hashes=not skip_hash_check)
-    options = RunnerOptions(provider=provider, low_memory=low_memory)
+    options = RunnerOptions(low_memory=low_memory, **{k: v for k, v in backend_options.items() if v is not None})
     return Pipeline(bundle, Components(bundle, backend=backend, options=options))
 
 
@@ -41,6 +44,11 @@ def runtime_options(fn):
         click.option("--provider", default=None,
                      help="ONNX Runtime execution provider: tensorrt, cuda, coreml, cpu or a full ORT name. "
                           "Default: the first installed of TensorRT > CUDA > CoreML > CPU."),
+        click.option("--compute-units", type=click.Choice(["all", "cpu-and-ne", "cpu-and-gpu", "cpu"]), default=None,
+                     help="--backend coreml (macOS): where Core ML may run the programs [default: all]."),
+        click.option("--arithmetic", type=click.Choice(["program", "fp32"]), default=None,
+                     help="--backend coreml-reference: evaluate in the program's precision (fp16 programs in fp16, "
+                          "as the device does) or in fp32 [default: program]."),
         click.option("--low-memory", is_flag=True,
                      help="Keep only one component in memory at a time (text encoder, then UNet, then decoder)."),
         click.option("--skip-hash-check", is_flag=True,
@@ -95,8 +103,8 @@ def main(verbose: bool) -> None:
 @runtime_options
 @user_errors
 def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, sampler, guidance, eta,
-             seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, low_memory,
-             skip_hash_check):
+             seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, compute_units,
+             arithmetic, low_memory, skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
     from .outputs import IMAGE_FORMATS, check_output_file
@@ -104,7 +112,8 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
 
     out = check_output_file(out, "--out", tuple(IMAGE_FORMATS))
     latents_file = check_output_file(save_latents, "--save-latents", (".npy",)) if save_latents else None
-    pipe = _open(bundle, backend, provider, low_memory, skip_hash_check)
+    pipe = _open(bundle, backend, low_memory, skip_hash_check, provider=provider, compute_units=compute_units,
+                 arithmetic=arithmetic)
     image, mask = _read_image(image_path, "RGB"), _read_image(mask_path, "L")
     if not prompts:
         if pipe.conditioning["kind"] == "text":
@@ -184,11 +193,12 @@ def make_grid(images, cols: int):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @runtime_options
 @user_errors
-def verify(bundle, as_json, backend, provider, low_memory, skip_hash_check):
+def verify(bundle, as_json, backend, provider, compute_units, arithmetic, low_memory, skip_hash_check):
     """Replay the bundle's golden vectors here and compare; exit 1 when over tolerance."""
     from .verify import format_report, verify_bundle
 
-    report = verify_bundle(_open(bundle, backend, provider, low_memory, skip_hash_check))
+    report = verify_bundle(_open(bundle, backend, low_memory, skip_hash_check, provider=provider,
+                                 compute_units=compute_units, arithmetic=arithmetic))
     if as_json:
         click.echo(dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
                                "checks": [c.__dict__ for c in report.checks]}, indent=2))
@@ -252,8 +262,10 @@ def info(bundle, as_json):
         f"family      {m['family']} ({m['conditioning']['kind']} conditioning, {m['autoencoder']['kind'].upper()} autoencoder)",
         f"target      {m['target']} ({m['backend']['name']}), precision {m['precision']}",
         f"source      {m['source']['format']} {m['source'].get('name', '')} sha256 {m['source']['sha256'][:16]}…",
-        f"resolution  default {res['default'][0]}x{res['default'][1]}, range {res['min'][0]}x{res['min'][1]} … "
-        f"{res['max'][0]}x{res['max'][1]}, multiple of {res['multiple_of']}",
+        f"resolution  default {res['default'][0]}x{res['default'][1]}, " + (
+            f"only {', '.join(f'{w}x{h}' for w, h in res['declared'])}" if res.get("sizes") == "declared" else
+            f"range {res['min'][0]}x{res['min'][1]} … {res['max'][0]}x{res['max'][1]}, "
+            f"multiple of {res['multiple_of']}"),
         f"latent      {m['latent']['channels']} channels, factor {m['latent']['downsample_factor']}, "
         f"scaling {m['latent']['scaling_factor']}",
         *([f"guidance    default scale {g['default_scale']:g} (rule {g['rule']})"] if g["rule"] != "never" else []),
@@ -264,8 +276,7 @@ def info(bundle, as_json):
         "components:",
     ]
     for name, comp in m["components"].items():
-        size = sum(b.path(f).stat().st_size for f in [comp["file"], comp.get("external_data")] if f
-                   and b.path(f).exists())
+        size = sum(b.path(f).stat().st_size for f in b.component_files(name) if b.path(f).exists())
         ins = ", ".join(f"{k}{v['shape']}" for k, v in comp["inputs"].items())
         lines.append(f"  {name:<13} {size / 2**20:8.1f} MiB  {comp.get('precision', m['precision']):<16} {ins}")
     click.echo("\n".join(lines))

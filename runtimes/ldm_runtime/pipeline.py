@@ -26,7 +26,7 @@ from .errors import BundleError, NonFiniteOutput, UserError, one_line
 from .noise import make_generator
 from .request import Request
 from .resolution import check_multiple
-from .runners import Runner, RunnerOptions, default_backend, make_runner
+from .runners import Runner, RunnerOptions, check_backend, default_backend, make_runner
 from .samplers import Sampler, SamplerRun, guidance, make_sampler
 from .tokenizer import ClipTokenizer
 
@@ -53,6 +53,7 @@ class Components:
     def __init__(self, bundle: Bundle, backend: str | None = None, options: RunnerOptions = RunnerOptions()):
         self.bundle = bundle
         self.backend = backend or default_backend(bundle.manifest)
+        check_backend(bundle.manifest, self.backend)
         self.low_memory = options.low_memory
         self.seconds: dict[str, float] = {}
         self._runners: dict[str, Runner] = {
@@ -152,6 +153,10 @@ class Pipeline:
         h = res["default"][1] if height is None else height
         check_multiple(w, h, res["multiple_of"], self.bundle.manifest["latent"]["downsample_factor"])
         (wmin, hmin), (wmax, hmax) = res["min"], res["max"]
+        if res.get("sizes") == "declared" and [w, h] not in res["declared"]:
+            raise UserError(f"resolution {w}x{h} is not one this bundle serves: its programs take only "
+                            f"{', '.join(f'{a}x{b}' for a, b in res['declared'])} (Core ML enumerated shapes); "
+                            f"rebuild with --resolution {w}x{h}")
         if not (wmin <= w <= wmax and hmin <= h <= hmax):
             raise UserError(f"resolution {w}x{h} is outside the bundle's range {wmin}x{hmin} … {wmax}x{hmax}; "
                             f"rebuild with --resolution {w}x{h}")

@@ -121,9 +121,12 @@ def rel_path(v, where):
 
 
 SIZE = list_of(integer(1, MAX_SIDE), length=2)
-TENSOR = obj({"dtype": text(DTYPES), "shape": list_of(dim, min_len=1)})
+# "enumerated": the shapes a Core ML program serves (one list per case; the device refuses any other)
+TENSOR = obj({"dtype": text(DTYPES), "shape": list_of(dim, min_len=1)},
+             {"enumerated": list_of(list_of(integer(1), min_len=1), min_len=1)})
+CHUNK = obj({"file": rel_path})   # a Core ML UNet split in two: the programs, run in order
 COMPONENT = obj({"file": rel_path, "inputs": dict_of(TENSOR, min_len=1), "outputs": dict_of(TENSOR, min_len=1)},
-                {"external_data": nullable(rel_path), "precision": text()})
+                {"external_data": nullable(rel_path), "precision": text(), "chunks": list_of(CHUNK, min_len=2)})
 
 MANIFEST = obj({
     "family": text(FAMILIES), "target": text(), "precision": text(), "producer": obj(),
@@ -135,7 +138,7 @@ MANIFEST = obj({
     "autoencoder": obj({"kind": text(("kl", "vq"))}),
     "conditioning": obj({"kind": text(("text", "class", "none"))}),
     "resolution": obj({"multiple_of": integer(1, MAX_SIDE), "min": SIZE, "max": SIZE, "default": SIZE,
-                       "declared": list_of(SIZE, min_len=1)}),
+                       "declared": list_of(SIZE, min_len=1)}, {"sizes": text(("range", "declared"))}),
     "scheduler": obj(optional={
         "num_train_timesteps": integer(1, 100_000), "beta_start": number(0.0), "beta_end": number(0.0),
         "beta_schedule": text(), "trained_betas": nullable(list_of(number(0.0), min_len=1)),

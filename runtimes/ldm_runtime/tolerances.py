@@ -92,11 +92,27 @@ QUALITY_TARGETS: dict[str, QualityTarget] = {
                           "amplifies small errors), but the image must keep its content: >= 22 dB"),
     "mixed": QualityTarget(None, 22.0, "the UNet meets the build's --target-psnr on calibration data (recorded "
                            "in the manifest); the final image as for int8"),
+    # Core ML weight compression on top of the fp16 programs (quantization.compression): the weights change, the
+    # arithmetic does not; targets against fp32 torch, as for the precisions above.
+    "palettize-6": QualityTarget(None, 22.0, "PROVISIONAL"),
+    "palettize-4": QualityTarget(None, 22.0, "PROVISIONAL"),
+    "palettize-mixed": QualityTarget(None, 22.0, "PROVISIONAL"),
+    "int8-weights": QualityTarget(None, 22.0, "PROVISIONAL"),
 }
 
 
 def quality_target(precision: str) -> QualityTarget:
     return QUALITY_TARGETS[precision]
+
+
+def quality_key(manifest: dict) -> str:
+    """The quality target a bundle is judged by: its weight compression's (Core ML palettization or int8
+    weights, ``quantization.compression``) when it has one, else its precision's."""
+    return (manifest.get("quantization") or {}).get("compression") or manifest["precision"]
+
+
+def bundle_quality_target(manifest: dict) -> QualityTarget:
+    return QUALITY_TARGETS[quality_key(manifest)]
 
 
 def component_tolerance(precision: str, component: str) -> Tolerance:

@@ -12,6 +12,7 @@ from ldm_runtime.errors import UserError
 from ldm_runtime.metrics import compare, tensor_psnr
 from ldm_runtime.runners.coreml_reference import CoreMLReferenceRunner
 from ldm_runtime.tolerances import component_tolerance, quality_target
+from ldm_runtime.runners import RunnerOptions
 from tests.conftest import TINY_SIZES
 
 from .conftest import COMPONENTS
@@ -21,7 +22,7 @@ CASES = [(b, size) for size in TINY_SIZES for b in (2, 1)]
 
 def _runner(tiny_sd_coreml, precision, name, **options):
     path, record = tiny_sd_coreml[precision, name]
-    return CoreMLReferenceRunner(name, path, record, **options)
+    return CoreMLReferenceRunner(name, path, record, RunnerOptions(**options))
 
 
 @pytest.mark.parametrize("name", COMPONENTS)

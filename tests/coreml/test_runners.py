@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ldm_runtime.errors import BackendUnavailable, BundleError
+from ldm_runtime.runners import RunnerOptions
 from ldm_runtime.runners.coreml import NOT_MACOS, CoreMLRunner
 from ldm_runtime.runners.coreml_reference import CoreMLReferenceRunner
 from ldm_runtime.runners.coreml_reference.evaluate import evaluate
@@ -75,7 +76,7 @@ def test_coreml_runner_matches_the_reference(tiny_sd_coreml, tiny_sd_graphs, pre
     for name in ("text_encoder", "unet", "vae_decoder"):
         path, record = tiny_sd_coreml[precision, name]
         feeds = tiny_sd_graphs[name].make_inputs(2, *TINY_SIZES[0], np.random.default_rng(0))
-        with CoreMLRunner(name, path, record, compute_units="cpu") as device, \
+        with CoreMLRunner(name, path, record, RunnerOptions(compute_units="cpu")) as device, \
                 CoreMLReferenceRunner(name, path, record) as reference:
             got, want = device.run(feeds), reference.run(feeds)
         for key in want:

@@ -23,7 +23,7 @@ def test_bundle_layout_and_manifest(tiny_bundle):
     assert m["scheduler_class"] == "DDIMScheduler" and set(m["integrity"]) == {"sha256", "sections"}
     assert set(m["components"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert m["resolution"] == {"multiple_of": 4, "declared": [[32, 32], [64, 48]], "default": [32, 32],
-                               "min": [32, 32], "max": [64, 48]}
+                               "min": [32, 32], "max": [64, 48], "sizes": "range"}
     assert m["latent"]["downsample_factor"] == 2 and m["latent"]["scaling_factor"] == pytest.approx(0.18215)
     assert m["scheduler"]["beta_schedule"] == "scaled_linear" and "_class_name" not in m["scheduler"]
     for rel, digest in m["files"].items():

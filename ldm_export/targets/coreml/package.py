@@ -66,6 +66,34 @@ def atomic_package(out: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """coremltools without its progress bars and precision notices (the build reports its own stages): its
+    modules' ``tqdm`` names point to a disabled tqdm, and its logger shows errors only, inside the block."""
+    import logging
+    import sys
+    from functools import partial
+
+    import tqdm
+
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # before the import, which logs its untested-version notices
+    import coremltools  # noqa: F401  (its modules, which bind tqdm at import)
+
+    silent = partial(tqdm.tqdm, disable=True)
+    patched = [(m, attr) for name, m in list(sys.modules.items()) if name.startswith("coremltools") and m is not None
+               for attr in ("tqdm", "_tqdm") if getattr(m, attr, None) is tqdm.tqdm]
+    for m, attr in patched:
+        setattr(m, attr, silent)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for m, attr in patched:
+            setattr(m, attr, tqdm.tqdm)
+
+
 def save(model, out: Path) -> None:
     with atomic_package(out) as tmp:
         model.save(str(tmp))

@@ -150,12 +150,14 @@ def _io(model, cases: list[dict[str, list]], record: dict) -> dict:
                         for f in spec.description.output}}
 
 
-def split_unet(mlpackage: Path, record: dict, *, threshold: int = IOS_WEIGHT_LIMIT,
+def split_unet(mlpackage: Path, record: dict, *, threshold: int | None = None,
                remove_source: bool = True) -> dict:
     """For an iOS bundle: when the weights of ``mlpackage`` exceed ``threshold`` bytes, write
     ``<stem>_chunk1.mlpackage`` and ``<stem>_chunk2.mlpackage`` beside it and return ``record`` with
-    ``chunks`` (file and IO of each, in order); else ``record`` unchanged."""
+    ``chunks`` (file and IO of each, in order); else ``record`` unchanged. ``threshold`` defaults to
+    :data:`IOS_WEIGHT_LIMIT` (read at call time)."""
     mlpackage = Path(mlpackage)
+    threshold = IOS_WEIGHT_LIMIT if threshold is None else threshold
     if weights_size(mlpackage) <= threshold:
         return record
     chunk1, chunk2, version = _chunk_programs(mlpackage)

@@ -18,7 +18,7 @@ from ldm_runtime.tensorrt.versions import MINIMUM, TrtVersion, check_supported
 from ldm_runtime.tensorrt.builder import BuildOptions
 from ldm_runtime.tensorrt.profiles import bundle_profiles
 
-from ..base import CompileJob, Target
+from ..base import CompileJob, Compiled, Target
 from .engines import build_engines, device_constraints
 from .opcheck import check_graph
 from .qdq import QDQ, require_tensorrt_qdq
@@ -42,12 +42,12 @@ class TensorRTTarget(Target):
                                     refit="all" if refittable else "none")
         self.engines: list[dict[str, Any]] = []   # set by finalize once engines.build_engines has run
 
-    def compile(self, job: CompileJob) -> list[str]:
+    def compile(self, job: CompileJob) -> Compiled:
         path = job.staging / job.onnx_files[0]
         check_graph(path, self.min_tensorrt)
         if _has_qdq(path):
             require_tensorrt_qdq(path)
-        return list(job.onnx_files)
+        return Compiled(list(job.onnx_files))
 
     def finalize(self, staging: Path, manifest: dict[str, Any], report: Callable[[str], None],
                  bundle_name: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ coremltools cannot convert torch models afterwards; ``ldm-run`` never does.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 from ..errors import BackendUnavailable
@@ -25,6 +26,9 @@ def import_coremltools(what: str):
     hidden = [m for m in HIDDEN if m not in sys.modules]
     for m in hidden:
         sys.modules[m] = None  # "import torch" raises ImportError while this is set
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its import notices: untested versions, no Core ML runtime off macOS
     try:
         return importlib.import_module("coremltools")
     except ImportError as e:
@@ -32,6 +36,7 @@ def import_coremltools(what: str):
             raise BackendUnavailable(f"{what} (package 'coremltools')", "coremltools") from e
         raise
     finally:
+        logger.setLevel(level)
         for m in hidden:
             if sys.modules.get(m, ...) is None:
                 del sys.modules[m]

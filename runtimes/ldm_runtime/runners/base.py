@@ -25,6 +25,17 @@ class RunnerOptions:
     low_memory: bool = False      # one component resident at a time: keep each runner's footprint small
     cache_dir: Path | None = None  # tensorrt: the engine cache (default: the bundle's engines/)
     device: int = 0               # tensorrt: the GPU's index
+    compute_units: str = "all"    # coreml: all | cpu-and-ne | cpu-and-gpu | cpu
+    arithmetic: str = "program"   # coreml-reference: the program's own precision, or "fp32"
+
+    def given(self) -> list[str]:
+        """The backend-specific options set to something other than their default."""
+        default = RunnerOptions()
+        return [f for f in BACKEND_OPTIONS if getattr(self, f) != getattr(default, f)]
+
+
+# the RunnerOptions fields only some backends read (each Runner names its own in OPTIONS)
+BACKEND_OPTIONS = ("provider", "cache_dir", "device", "compute_units", "arithmetic")
 
 
 def graph_hashes(model_path: Path) -> tuple[str, str | None]:
@@ -62,6 +73,8 @@ class Runner(ABC):
     """Runs one compiled component. ``spec`` is the component's manifest entry."""
 
     backend = "base"
+    OPTIONS: tuple[str, ...] = ()   # the backend-specific RunnerOptions fields this backend reads
+    FORMAT = "onnx"                 # the files it runs: "onnx" graphs or Core ML "mlprogram" packages
 
     def __init__(self, name: str, model_path: Path, spec: dict, options: RunnerOptions = RunnerOptions()):
         self.name = name

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, UserError
 from ._coremltools import import_coremltools
-from .base import Runner
+from .base import Runner, RunnerOptions
 
 COMPUTE_UNITS = {"all": "ALL", "cpu-and-ne": "CPU_AND_NE", "cpu-and-gpu": "CPU_AND_GPU", "cpu": "CPU_ONLY"}
 NOT_MACOS = "Core ML prediction needs macOS; --backend coreml-reference checks the programs here"
@@ -29,12 +29,15 @@ class NeedsMacOS(BackendUnavailable):
 
 class CoreMLRunner(Runner):
     backend = "coreml"
+    OPTIONS = ("compute_units",)
+    FORMAT = "mlprogram"
 
-    def __init__(self, name, model_path, spec, compute_units: str = "all"):
-        super().__init__(name, model_path, spec)
-        if compute_units not in COMPUTE_UNITS:
-            raise UserError(f"Core ML compute units '{compute_units}'; expected one of {', '.join(COMPUTE_UNITS)}")
-        self.compute_units = compute_units
+    def __init__(self, name, model_path, spec, options: RunnerOptions = RunnerOptions()):
+        super().__init__(name, model_path, spec, options)
+        if options.compute_units not in COMPUTE_UNITS:
+            raise UserError(f"Core ML compute units '{options.compute_units}'; expected one of "
+                            f"{', '.join(COMPUTE_UNITS)}")
+        self.compute_units = options.compute_units
         self._models: list = []
 
     def _files(self):

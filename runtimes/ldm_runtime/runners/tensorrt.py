@@ -39,6 +39,7 @@ def dims(d: trt.Dims) -> tuple[int, ...]:
 
 class TensorRTRunner(Runner):
     backend = "tensorrt"
+    OPTIONS = ("cache_dir", "device")
 
     def __init__(self, name: str, model_path: Path, spec: dict[str, Any], options: RunnerOptions = RunnerOptions(),
                  arena: DeviceArena | None = None):

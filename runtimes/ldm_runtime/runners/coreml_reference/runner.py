@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import BundleError, UserError
-from ..base import Runner
+from ..base import Runner, RunnerOptions
 from .evaluate import ARITHMETIC, evaluate
 from .program import Program, load_program
 
@@ -32,12 +32,14 @@ def _as_program_dtype(name: str, key: str, value: np.ndarray, dtype: np.dtype) -
 
 class CoreMLReferenceRunner(Runner):
     backend = "coreml-reference"
+    OPTIONS = ("arithmetic",)
+    FORMAT = "mlprogram"
 
-    def __init__(self, name, model_path, spec, arithmetic: str = "program"):
-        super().__init__(name, model_path, spec)
-        if arithmetic not in ARITHMETIC:
-            raise UserError(f"arithmetic '{arithmetic}'; expected one of {', '.join(ARITHMETIC)}")
-        self.arithmetic = arithmetic
+    def __init__(self, name, model_path, spec, options: RunnerOptions = RunnerOptions()):
+        super().__init__(name, model_path, spec, options)
+        if options.arithmetic not in ARITHMETIC:
+            raise UserError(f"arithmetic '{options.arithmetic}'; expected one of {', '.join(ARITHMETIC)}")
+        self.arithmetic = options.arithmetic
         self._programs: list[Program] = []
 
     def _files(self) -> list[Path]:
