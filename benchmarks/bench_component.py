@@ -35,13 +35,14 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def session(path: str, variant: str, threads: int):
-    """An InferenceSession for ``variant``; 'default' and 'lowmem' go through the runtime's own runner."""
+def session(path: str, variant: str, threads: int, spec: dict):
+    """An InferenceSession for ``variant``; 'default' and 'lowmem' go through the runtime's own runner (which
+    checks the graph's inputs and outputs against the component's manifest ``spec``)."""
     if variant in ("default", "lowmem"):
         from ldm_runtime.runners import RunnerOptions
         from ldm_runtime.runners.onnxruntime import OnnxRuntimeRunner
 
-        r = OnnxRuntimeRunner("bench", Path(path), {"inputs": {}, "outputs": {}},
+        r = OnnxRuntimeRunner("bench", Path(path), spec,
                               RunnerOptions(provider="cpu", threads=threads, low_memory=variant == "lowmem")).load()
         return r._session, r
     import onnxruntime as ort
@@ -119,7 +120,7 @@ def main() -> int:
         if variant == "torch":
             fn = torch_unet(a.torch, a.threads)
         else:
-            sess, keep = session(file, variant, a.threads)
+            sess, keep = session(file, variant, a.threads, spec)
             names = [o.name for o in sess.get_outputs()]
             fn = (lambda s, n, k: (lambda fd: s.run(n, fd)[0]))(sess, names, keep)
         info[label] = {"create_s": time.perf_counter() - t0, "rss_growth": rss() - before}

@@ -26,14 +26,15 @@ user_errors = exit_codes("ldm-run")
 
 def _open(bundle_dir: str, backend: str | None, low_memory: bool, skip_hash_check: bool, **backend_options):
     """The bundle's pipeline; ``backend_options``: the backend-specific RunnerOptions given on the command line
-    (``--provider``, ``--compute-units``, ``--arithmetic``; None where not given). One the backend would
+    (``--provider``, ``--compute-units``, ``--arithmetic``, ``--cache``; None where not given). One the backend would
     ignore is refused."""
     from .bundle import open_bundle
     from .pipeline import Components, Pipeline
     from .runners import RunnerOptions
 
     bundle = open_bundle(bundle_dir, check_hashes=not skip_hash_check)
-    options = RunnerOptions(low_memory=low_memory, **{k: v for k, v in backend_options.items() if v is not None})
+    given = {k: Path(v) if k == "cache_dir" else v for k, v in backend_options.items() if v is not None}
+    options = RunnerOptions(low_memory=low_memory, **given)
     return Pipeline(bundle, Components(bundle, backend=backend, options=options))
 
 
@@ -49,6 +50,9 @@ def runtime_options(fn):
         click.option("--arithmetic", type=click.Choice(["program", "fp32"]), default=None,
                      help="--backend coreml-reference: evaluate in the program's precision (fp16 programs in fp16, "
                           "as the device does) or in fp32 [default: program]."),
+        click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+                     help="--backend onnxruntime or tensorrt: the cache `ldm-run prepare --cache` wrote (optimized "
+                          "graphs, engines) [default: the bundle's engines/ folder]."),
         click.option("--low-memory", is_flag=True,
                      help="Keep only one component in memory at a time (text encoder, then UNet, then decoder)."),
         click.option("--skip-hash-check", is_flag=True,
@@ -104,7 +108,7 @@ def main(verbose: bool) -> None:
 @user_errors
 def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, sampler, guidance, eta,
              seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, compute_units,
-             arithmetic, low_memory, skip_hash_check):
+             arithmetic, cache_dir, low_memory, skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
     from .outputs import IMAGE_FORMATS, check_output_file
@@ -113,7 +117,7 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
     out = check_output_file(out, "--out", tuple(IMAGE_FORMATS))
     latents_file = check_output_file(save_latents, "--save-latents", (".npy",)) if save_latents else None
     pipe = _open(bundle, backend, low_memory, skip_hash_check, provider=provider, compute_units=compute_units,
-                 arithmetic=arithmetic)
+                 arithmetic=arithmetic, cache_dir=cache_dir)
     image, mask = _read_image(image_path, "RGB"), _read_image(mask_path, "L")
     if not prompts:
         if pipe.conditioning["kind"] == "text":
@@ -193,12 +197,12 @@ def make_grid(images, cols: int):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @runtime_options
 @user_errors
-def verify(bundle, as_json, backend, provider, compute_units, arithmetic, low_memory, skip_hash_check):
+def verify(bundle, as_json, backend, provider, compute_units, arithmetic, cache_dir, low_memory, skip_hash_check):
     """Replay the bundle's golden vectors here and compare; exit 1 when over tolerance."""
     from .verify import format_report, verify_bundle
 
     report = verify_bundle(_open(bundle, backend, low_memory, skip_hash_check, provider=provider,
-                                 compute_units=compute_units, arithmetic=arithmetic))
+                                 compute_units=compute_units, arithmetic=arithmetic, cache_dir=cache_dir))
     if as_json:
         click.echo(dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
                                "checks": [c.__dict__ for c in report.checks]}, indent=2))

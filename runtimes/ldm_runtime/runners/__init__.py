@@ -73,12 +73,16 @@ def make_runner(backend: str, name: str, model_path: Path, spec: dict,
     return cls(name, model_path, spec, options)
 
 
+_FLAGS = {"cache_dir": "--cache"}   # the ldm-run flag of a RunnerOptions field, where it is not --field-name
+
+
 def check_options(cls: type[Runner], options: RunnerOptions) -> None:
     """Refuse a backend-specific option the backend would ignore (``--provider`` on TensorRT, say)."""
     for field in options.given():
         if field not in cls.OPTIONS:
             takers = [b for b in BACKENDS if field in runner_class(b).OPTIONS]
-            raise UserError(f"--{field.replace('_', '-')} applies to --backend {' or '.join(takers)} only; "
+            flag = _FLAGS.get(field, f"--{field.replace('_', '-')}")
+            raise UserError(f"{flag} applies to --backend {' or '.join(takers)} only; "
                             f"this run uses --backend {cls.backend}")
 
 

@@ -23,7 +23,7 @@ class RunnerOptions:
     provider: str | None = None   # onnxruntime: an execution provider (alias or full name); None: the best one
     threads: int = 0              # intra-op threads (0: the backend's default)
     low_memory: bool = False      # one component resident at a time: keep each runner's footprint small
-    cache_dir: Path | None = None  # tensorrt: the engine cache (default: the bundle's engines/)
+    cache_dir: Path | None = None  # onnxruntime, tensorrt: what prepare wrote (default: the bundle's engines/)
     device: int = 0               # tensorrt: the GPU's index
     compute_units: str = "all"    # coreml: all | cpu-and-ne | cpu-and-gpu | cpu
     arithmetic: str = "program"   # coreml-reference: the program's own precision, or "fp32"

@@ -82,7 +82,7 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 class OnnxRuntimeRunner(Runner):
     backend = "onnxruntime"
-    OPTIONS = ("provider",)
+    OPTIONS = ("provider", "cache_dir")
 
     def __init__(self, name, model_path, spec, options: RunnerOptions = RunnerOptions()):
         super().__init__(name, model_path, spec, options)

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +58,6 @@ class OrtKey:
         return "ort-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def key_for(model_path: Path, spec_hashes: dict[str, str], provider: str) -> OrtKey:
-    """The key of ``model_path`` (hashes from the bundle's manifest) for ``provider`` on this machine."""
-    import onnxruntime
-
-    data = model_path.with_name(model_path.name + ".data")
-    return OrtKey(spec_hashes[model_path.name], spec_hashes.get(data.name) if data.exists() else None,
-                  onnxruntime.__version__, provider, cpu_features())
-
-
 def entry(cache: Path, key: OrtKey, component: str) -> Path | None:
     """The cached optimized graph of ``component`` for ``key``, or None."""
     folder = cache / key.digest
@@ -82,18 +75,23 @@ def entry(cache: Path, key: OrtKey, component: str) -> Path | None:
 
 def write_entry(cache: Path, key: OrtKey, component: str, optimize) -> Path:
     """Run ``optimize(target, data_name)`` (which makes ONNX Runtime write its optimized graph to ``target``,
-    its large initializers to ``data_name`` beside it) into a temporary name, then publish it: rename, then
-    the metadata (an entry without its metadata is never read)."""
+    its large initializers to ``data_name`` beside it) in a private staging folder, then publish it: the
+    data file, the graph, and last the metadata (an entry without its metadata is never read). Whatever
+    happens before that, the staging folder is removed, so an interrupted run leaves nothing behind."""
     folder = cache / key.digest
     folder.mkdir(parents=True, exist_ok=True)
-    graph = folder / f"{component}.onnx"
-    tmp = folder / f".{component}.partial-{os.getpid()}.onnx"
+    staging = Path(tempfile.mkdtemp(prefix=f".{component}.partial-", dir=folder))
+    graph, data = f"{component}.onnx", f"{component}.onnx.data"
     try:
-        optimize(tmp, f"{component}.onnx.data")
-        os.replace(tmp, graph)
+        optimize(staging / graph, data)
+        (folder / f"{component}.{META}").unlink(missing_ok=True)  # an older entry (--force) stops existing first
+        if (staging / data).exists():
+            os.replace(staging / data, folder / data)
+        elif (folder / data).exists():
+            (folder / data).unlink()  # a stale file of an earlier run (--force) the new graph does not use
+        os.replace(staging / graph, folder / graph)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
     atomic_write_text(folder / f"{component}.{META}", json.dumps({"key": key.__dict__, "component": component},
                                                                   indent=1) + "\n")
-    return graph
+    return folder / graph
