@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import default_threads, model_dirs, table  # noqa: E402  (the same cached models and bundles)
+from bench_e2e import default_threads, model_dirs, table
 
 CHILD = {
     "runtime": """

@@ -10,12 +10,11 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from ldm_runtime.bundle import open_bundle
 from ldm_runtime.cli import main as run_cli
+from ldm_runtime.errors import UserError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.request import Request
-from ldm_runtime.errors import UserError
 from ldm_runtime.runners import RunnerOptions, check_options, runner_class
 from ldm_runtime.runners.onnxruntime import OnnxRuntimeRunner
 from ldm_runtime.runners.ort_cache import CACHE_DIR, META, OrtKey, entry, write_entry
