@@ -362,3 +362,34 @@ def test_an_unusable_prompt_file_is_refused(tmp_path, content, message):
         f.write_text(content)
     with pytest.raises(UserError, match=message):
         load_prompts(str(f))
+
+
+def test_calibrate_with_another_sampler_records_that_schedulers_unet_inputs(tiny_sd, model, tmp_path):
+    """--sampler dpmpp-2m: the recorded UNet inputs are the ones diffusers' DPMSolverMultistepScheduler feeds the
+    UNet, not DDIM's. (Not Euler: without Karras sigmas, Euler on DDIM's timesteps is DDIM, step for step.)"""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from ldm_export.reference import reference_generate
+    from ldm_runtime.request import Request
+
+    r = CliRunner().invoke(main, ["calibrate", str(tiny_sd), "--out", str(tmp_path / "c"), "--steps", "4",
+                                  "--samples", "2", "--per-trajectory", "2", "--sampler", "dpmpp-2m"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "c" / "calibration.json").read_text())
+    assert manifest["sampler"] == "dpmpp-2m"
+    sched = DPMSolverMultistepScheduler.from_config(dict(model.scheduler_config))
+    sched.set_timesteps(4)
+    feeds = CalibrationSet.open(tmp_path / "c").feeds("unet")
+    for k, traj in enumerate(manifest["trajectories"]):
+        run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
+                                                height=16, guidance_scale=7.5, sampler="dpmpp-2m"), record_all=True)
+        for f, i in zip(feeds[2 * k: 2 * k + 2], traj["steps"]):
+            assert float(f["timestep"][0]) == pytest.approx(float(sched.timesteps[i]))
+            for name in UNET_INPUTS:
+                np.testing.assert_array_equal(f[name], run.unet_calls[i][name])
+    # the first step of DPM-Solver++ 2M is first order (DDIM's); from the second on the latents part
+    traj = manifest["trajectories"][0]
+    ddim = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16, height=16,
+                                             guidance_scale=7.5, sampler="ddim"), record_all=True)
+    i = traj["steps"][1]
+    assert i >= 2 and np.abs(feeds[1]["sample"] - ddim.unet_calls[i]["sample"]).max() > 0.1
