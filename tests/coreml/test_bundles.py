@@ -206,3 +206,21 @@ def test_every_family_builds_and_verifies(tmp_path_factory):
             report = _verify(out)
             assert report.ok, (name, precision, format_report(report))
         shutil.rmtree(root)
+
+
+def test_report_runs_onnx_and_core_ml_bundles_side_by_side(coreml_bundle, tiny_bundle, tmp_path):
+    """`ldm-export report A B --backend coreml-reference`: the Core ML bundle runs on the evaluator, the ONNX
+    bundle (which that backend cannot read) on its own backend, in one table with each one's quality target."""
+    import json
+
+    r = CliRunner().invoke(export_cli, ["report", str(tiny_bundle), str(coreml_bundle), "--runs", "1",
+                                        "--backend", "coreml-reference", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads((tmp_path / "r.json").read_text())}
+    onnx, coreml = rows[str(tiny_bundle)], rows[str(coreml_bundle)]
+    assert (onnx["backend"], coreml["backend"]) == ("onnxruntime", "coreml-reference")
+    assert (onnx["precision"], coreml["precision"], coreml["quality"]) == ("fp32", "fp16", "fp16")
+    assert set(coreml["latency_ms"]) == set(onnx["latency_ms"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    assert set(coreml["component_psnr_db"]) == set(onnx["component_psnr_db"])
+    assert all(v >= quality_target("fp16").component_psnr_db for v in coreml["component_psnr_db"].values())
+    assert "coreml-reference" in r.stdout and "onnxruntime" in r.stdout
