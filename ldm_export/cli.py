@@ -137,6 +137,10 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
               help="--target tensorrt: build refittable engines (weights can be swapped without a rebuild).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="A LoRA adapter (diffusers/PEFT or kohya/A1111 .safetensors) fused into the UNet and text encoder "
+                   "before the build, at SCALE (default 1; repeatable: adapters add). The manifest lists them. "
+                   "See docs/adapters.md.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[default: fp32; fp16 for --target coreml] fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
                    "out of range. int8: int8 UNet (static QDQ, per-channel) and text-encoder weights, fp16 "
@@ -172,13 +176,16 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
           guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target,
-          min_tensorrt, workspace, timing_cache, refittable, deployment_target, palettize, weights):
+          min_tensorrt, workspace, timing_cache, refittable, deployment_target, palettize, weights, loras):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .build import build as run_build
+    from .lora import parse_spec
+
+    specs = [parse_spec(text) for text in loras]
 
     cfg = BuildConfig(model=_model_path(model), out=Path(out), config=_opt_path(config),
                       tokenizer=_opt_path(tokenizer), target=target, precision=precision,
@@ -187,6 +194,7 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), int8_layout=int8_layout,
                       guidance=guidance, allow_below_target=allow_below_target,
+                      loras=tuple((s.path, s.scale) for s in specs),
                       **_split_target_options(target, target_psnr=target_psnr, min_tensorrt=min_tensorrt,
                                               workspace=workspace, timing_cache=timing_cache, refittable=refittable,
                                               deployment_target=deployment_target, palettize=palettize,
