@@ -338,5 +338,30 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
     click.echo(summary_line(manifest, Path(out)))
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--reference", "-r", type=click.Path(), default=None,
+              help="The model the bundle was built from (default: the embedded demo model).")
+@click.option("--lora", required=True, type=click.Path(dir_okay=False),
+              help="The LoRA file (diffusers/PEFT or kohya/A1111 .safetensors).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="The adapter pack folder to write (atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing pack at --out.")
+@user_errors
+def adapter(bundle, reference, lora, out, overwrite):
+    """Write an adapter pack for BUNDLE: the LoRA's low-rank factors keyed by the bundle's own weight names,
+    bound to its files, with a golden trajectory; `ldm-run generate BUNDLE --adapter PACK` swaps it in without
+    a rebuild (docs/adapters.md)."""
+    _quiet_libraries()
+    from .adapter_pack import write_pack
+    from .lora import parse_spec
+
+    spec = parse_spec(lora)
+    meta = write_pack(Path(bundle), _model_path(reference), spec.path, Path(out), overwrite=overwrite,
+                      report=lambda m: click.echo(m, err=True))
+    size = sum(p.stat().st_size for p in Path(out).iterdir())
+    click.echo(f"wrote {out}: {len(meta['entries'])} adapted weights, {size / 1024:.1f} KiB")
+
+
 if __name__ == "__main__":
     main()

@@ -47,9 +47,7 @@ def runtime_pipeline(bundle: Path, adapters=()):
     b = open_bundle(bundle)
     pipe = Pipeline(b, Components(b))
     if adapters:
-        from ldm_runtime.adapters import open_adapters
-
-        pipe.components.apply_adapters(open_adapters(b, adapters))
+        pipe.components.apply_adapters(list(adapters))
     return pipe
 
 

@@ -90,6 +90,28 @@ class OnnxRuntimeRunner(Runner):
         self.threads = options.threads
         self.low_memory = options.low_memory
         self._session = None
+        self._weights: dict[str, object] = {}   # initializer name → OrtValue, replaced at session creation
+
+    ADAPTER_REFUSAL = None
+
+    def swap_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Adapters: the named initializers are replaced when the session is created (``add_initializer``), so
+        a swap re-creates the session. ONNX Runtime ignores an unknown name silently: every name, shape and
+        dtype is checked against the graph first."""
+        from ..onnx_weights import initializers
+
+        graph = initializers(self.model_path)
+        for name, value in weights.items():
+            init = graph.get(name)
+            if init is None or init.shape != value.shape or init.dtype != value.dtype:
+                want = f"{init.dtype}{list(init.shape)}" if init is not None else "no such initializer"
+                raise UserError(f"{self.name}: weight '{name}' {value.dtype}{list(value.shape)} does not fit the "
+                                f"graph ({want})")
+        ort = _ort()
+        self._weights = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for n, v in weights.items()}
+        if self.is_loaded:
+            self.release()
+            self.load()
 
     def session_options(self, optimize: bool = True):
         ort = _ort()
@@ -124,8 +146,10 @@ class OnnxRuntimeRunner(Runner):
 
     def _load(self) -> None:
         ort = _ort()
-        cached = self._cached_graph()
+        cached = None if self._weights else self._cached_graph()  # an optimized graph may have folded them
         options = self.session_options(optimize=cached is None)
+        for name, value in self._weights.items():
+            options.add_initializer(name, value)
         try:
             self._session = ort.InferenceSession(str(cached or self.model_path), options, providers=self.providers)
         except _load_errors() as e:  # the file, not our code: an invalid or foreign graph, a provider that fails
