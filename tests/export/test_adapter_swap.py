@@ -152,3 +152,29 @@ def test_unmappable_module_is_refused_by_name(packs, tiny_sd, tiny_bundle):
         attn.to_k.weight.copy_(attn.to_v.weight)
     with pytest.raises(UserError, match=r"down_blocks\.0\.attentions\.0\.transformer_blocks\.0\.attn2\.to_k"):
         map_component(model.modules.unet, tiny_bundle / "unet.onnx", factors, "unet")
+
+
+def test_fp16_bundle_swaps_cast_weights(packs, tiny_sd, tiny_bundle, tmp_path):
+    """An fp16 bundle: the pack maps to its fp16 initializers, the swapped weights are cast, and its golden
+    trajectory (the bundle's own, as the bundle's golden vectors are) verifies."""
+    from ldm_export.build import BuildConfig, build
+
+    root, loras = packs
+    bundle = tmp_path / "fp16"
+    build(BuildConfig(model=tiny_sd, out=bundle, resolutions=((32, 32),), precision="fp16",
+                      calibration=_calibration(tiny_sd, tmp_path)))
+    meta = write_pack(bundle, tiny_sd, loras["te"].path, tmp_path / "pack16")
+    assert {e["dtype"] for e in meta["entries"]} == {"float16"} and meta["golden"]["expected"] == "bundle"
+    ok = _ldm_run("verify", bundle, "--adapter", tmp_path / "pack16")
+    assert ok.returncode == 0 and "PASS" in ok.stdout, ok.stdout + ok.stderr
+    fp32 = runtime_image(runtime_pipeline(tiny_bundle, [(root / "pack_te", 1.0)]))
+    fp16 = runtime_image(runtime_pipeline(bundle, [(tmp_path / "pack16", 1.0)]))
+    assert max_diff(fp16, fp32) <= 6   # the fp16 bundle with the adapter computes what the fp32 one does
+    assert max_diff(fp16, runtime_image(runtime_pipeline(bundle))) > 10   # and the adapter acts there
+
+
+def _calibration(model, tmp_path):
+    from ldm_export.calibration import collect
+
+    collect(model, tmp_path / "calib", prompts="general", steps=2, samples=2, seed=0, per_trajectory=1)
+    return tmp_path / "calib"
