@@ -46,29 +46,63 @@ def _weight_index(module) -> dict[tuple, int]:
     return counts
 
 
+def _dequantized(graph_file: Path) -> dict[str, dict]:
+    """int8 weights feeding a DequantizeLinear: quantized initializer → its scale, zero point and axis."""
+    import onnx
+
+    model = onnx.load(str(graph_file), load_external_data=False)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) >= 2:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            out[node.input[0]] = {"scale": node.input[1], "zero_point": node.input[2] if len(node.input) > 2
+                                  else None, "axis": int(axis)}
+    return out
+
+
+def _hits(w: np.ndarray, by_shape: dict, graph: dict, dq: dict) -> list[tuple]:
+    """(initializer, transposed, quantization or None) of every initializer holding ``w``: equal after a cast
+    to its dtype, or, for an int8 weight, within half a quantization step of its DequantizeLinear's output."""
+    hits = []
+    for transposed, value in ((False, w), (True, w.T)) if w.ndim == 2 else ((False, w),):
+        for init in by_shape.get(value.shape, []):
+            if init.dtype.kind == "f" and np.array_equal(init.read(), value.astype(init.dtype)):
+                hits.append((init, transposed, None))
+            elif init.dtype == np.int8 and init.name in dq:
+                q = dq[init.name]
+                scale = _per_axis(graph[q["scale"]].read().astype(np.float64), q["axis"], value.ndim)
+                if np.all(np.abs(init.read() * scale - value) <= 0.5 * scale * 1.001 + 1e-12):
+                    hits.append((init, transposed, q))
+    return hits
+
+
+def _per_axis(scale: np.ndarray, axis: int, ndim: int) -> np.ndarray:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return scale.reshape(shape) if scale.ndim else scale
+
+
 def map_component(module, graph_file: Path, factors: dict[str, Factor], component: str) -> list[dict]:
     """One pack entry per module of ``factors``: the initializer holding its weight, and whether transposed."""
     graph = initializers(graph_file)
     by_shape: dict[tuple, list] = {}
     for init in graph.values():
         by_shape.setdefault(init.shape, []).append(init)
+    dq = _dequantized(graph_file) if any(i.dtype == np.int8 for i in graph.values()) else {}
     shared = _weight_index(module)
     entries, unmapped = [], []
     for name, f in sorted(factors.items()):
         w = module.get_submodule(name).weight.detach().float().numpy()
-        hits = []
-        for transposed, value in ((False, w), (True, w.T)) if w.ndim == 2 else ((False, w),):
-            for init in by_shape.get(value.shape, []):
-                if init.dtype.kind == "f" and np.array_equal(init.read(), value.astype(init.dtype)):
-                    hits.append((init, transposed))
+        hits = _hits(w, by_shape, graph, dq)
         twins = shared.get((w.shape, w.tobytes()), 0)
         if len(hits) != 1 or twins > 1:
             unmapped.append(f"{component}.{name}" + (" (its weight is shared with another module)" if twins > 1
                                                      else f" ({len(hits)} initializers match)"))
             continue
-        init, transposed = hits[0]
+        init, transposed, quant = hits[0]
         entries.append({"component": component, "initializer": init.name, "module": name, "transposed": transposed,
-                        "shape": list(init.shape), "dtype": str(init.dtype), "rank": f.rank, "scaling": f.scaling})
+                        "shape": list(init.shape), "dtype": str(init.dtype), "rank": f.rank, "scaling": f.scaling,
+                        **({"quantization": quant} if quant else {})})
     if unmapped:
         raise UserError(f"cannot map the LoRA's target modules to the bundle's weights: {', '.join(unmapped[:4])}"
                         f"{' …' if len(unmapped) > 4 else ''}; merge it at build instead (ldm-export build --lora)")
@@ -80,9 +114,6 @@ def _check_bundle(bundle, model) -> None:
     if m["backend"]["name"] not in ("onnxruntime", "tensorrt"):
         raise UserError(f"{bundle.root.name} is a {m['target']} bundle: Core ML takes adapters at build "
                         "(ldm-export build --target coreml --lora FILE), not as packs")
-    if m["precision"] in ("int8", "mixed"):
-        raise UserError(f"{bundle.root.name} is an {m['precision']} bundle: adapter packs support fp32 and fp16 "
-                        "bundles; merge the LoRA at build (ldm-export build --lora)")
     if m.get("adapters"):
         raise UserError(f"{bundle.root.name} has adapters merged at build; make packs for a bundle without them")
     if m["source"]["sha256"] != model.source.sha256:

@@ -130,17 +130,48 @@ class AdapterStack:
         """The initializers of ``component`` the packs adapt (and ``also``: weights adapted before, back to their
         base values), each ``base + Σ scale·alpha/r·B·A`` in the initializer's dtype."""
         graph = self.graph(component)
+        quant = {e["initializer"]: e["quantization"] for p, _ in self.packs for e in p.meta["entries"]
+                 if e["component"] == component and e.get("quantization")}
         total: dict[str, np.ndarray] = {}
         for name in sorted(set(self.names(component)) | set(also)):
             if name not in graph:
                 raise BundleError(f"{component}: the bundle's graph has no initializer '{name}'")
             total[name] = graph[name].read().astype(np.float64)
+            if name in quant:   # int8: the dequantized weight
+                total[name] = total[name] * _scale(graph, quant[name], total[name].ndim)
         for pack, scale in self.packs:
             factors = pack.arrays("factors.npz")
             for e in pack.meta["entries"]:
                 if e["component"] == component:
                     total[e["initializer"]] += scale * _delta(pack, e, factors)
-        return {n: v.astype(graph[n].dtype) for n, v in total.items()}
+        out = {}
+        for n, v in total.items():
+            if n in quant:
+                out.update(requantize(graph, n, quant[n], v))
+            else:
+                out[n] = v.astype(graph[n].dtype)
+        return out
+
+
+def _scale(graph: dict[str, Initializer], q: dict, ndim: int) -> np.ndarray:
+    s = graph[q["scale"]].read().astype(np.float64)
+    shape = [1] * ndim
+    shape[q["axis"]] = -1
+    return s.reshape(shape) if s.ndim else s
+
+
+def requantize(graph: dict[str, Initializer], name: str, q: dict, w: np.ndarray) -> dict[str, np.ndarray]:
+    """An adapted int8 weight in the bundle's scheme (symmetric, ±127, one scale per channel of its axis): a
+    channel keeps its scale while the adapted weights fit its range, else the scale grows to fit; the
+    activations' scales are left as they are. Returns the int8 weight and its scale."""
+    old = _scale(graph, q, w.ndim)
+    reduce = tuple(i for i in range(w.ndim) if i != q["axis"])
+    peak = np.abs(w).max(axis=reduce, keepdims=True) if w.ndim else np.abs(w)
+    scale = np.where(peak <= 127 * old, old, peak / 127)
+    scale_init = graph[q["scale"]]
+    scale = scale.astype(scale_init.dtype)
+    quantized = np.clip(np.rint(w / scale.astype(np.float64)), -127, 127).astype(np.int8)
+    return {name: quantized, q["scale"]: scale.reshape(scale_init.shape)}
 
 
 def _delta(pack: Pack, e: dict, factors: dict[str, np.ndarray]) -> np.ndarray:
@@ -170,6 +201,10 @@ def open_adapters(bundle: Bundle, given: list[tuple[str | Path, float]]) -> Adap
         for pack, _ in packs:
             for e in pack.meta["entries"]:
                 init = graph.get(e["initializer"]) if e["component"] == comp else None
+                q = e.get("quantization") if e["component"] == comp else None
+                if q and q.get("scale") not in graph:
+                    raise UserError(f"adapter pack {pack.name}: {comp} weight '{e['initializer']}' has no scale "
+                                    f"'{q.get('scale')}' in the bundle's graph")
                 if e["component"] == comp and (init is None or list(init.shape) != e["shape"]):
                     raise UserError(f"adapter pack {pack.name}: {comp} weight '{e['initializer']}' of shape "
                                     f"{e['shape']} is not in the bundle's graph with that shape")
