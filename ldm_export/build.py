@@ -158,7 +158,7 @@ def _calibration_set(job: _Job):
     job.report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
     scratch = job.staging / CALIBRATION_DIR
     collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, factories=dict(cfg.factories),
-            report=job.report, guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
+            report=job.report, guidance_scale=cfg.guidance, loras=cfg.loras, **AUTO_CALIBRATION)
     return CalibrationSet.open(scratch, model_sha256=model.source.sha256)
 
 
