@@ -126,14 +126,14 @@ class AdapterStack:
         return sorted({e["initializer"] for p, _ in self.packs for e in p.meta["entries"]
                        if e["component"] == component})
 
-    def weights(self, component: str, also: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """The initializers of ``component`` the packs adapt (and ``also``: weights adapted before, back to their
-        base values), each ``base + Σ scale·alpha/r·B·A`` in the initializer's dtype."""
+    def weights(self, component: str) -> dict[str, np.ndarray]:
+        """The initializers of ``component`` the packs adapt, each ``base + Σ scale·alpha/r·B·A`` in the
+        initializer's dtype (an int8 weight: re-quantized, with its scale)."""
         graph = self.graph(component)
         quant = {e["initializer"]: e["quantization"] for p, _ in self.packs for e in p.meta["entries"]
                  if e["component"] == component and e.get("quantization")}
         total: dict[str, np.ndarray] = {}
-        for name in sorted(set(self.names(component)) | set(also)):
+        for name in self.names(component):
             if name not in graph:
                 raise BundleError(f"{component}: the bundle's graph has no initializer '{name}'")
             total[name] = graph[name].read().astype(np.float64)

@@ -56,6 +56,7 @@ class Components:
         check_backend(bundle.manifest, self.backend)
         self.low_memory = options.low_memory
         self.seconds: dict[str, float] = {}
+        self._adapted: set[str] = set()   # the components running with swapped-in adapter weights
         self._runners: dict[str, Runner] = {
             name: make_runner(self.backend, name, bundle.path(spec["file"]), spec, options)
             for name, spec in bundle.manifest["components"].items()
@@ -105,7 +106,7 @@ class Components:
             raise UserError(f"--adapter: {refusal}")
         stack = open_adapters(self.bundle, given)
         now = set(stack.components)
-        for name in sorted(now | getattr(self, "_adapted", set())):
+        for name in sorted(now | self._adapted):
             self.runner(name).swap_weights(stack.weights(name) if name in now else {})
         self._adapted = now
 

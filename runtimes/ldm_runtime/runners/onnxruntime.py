@@ -91,6 +91,7 @@ class OnnxRuntimeRunner(Runner):
         self.low_memory = options.low_memory
         self._session = None
         self._weights: dict[str, np.ndarray] = {}   # adapters: initializer name → value at session creation
+        self._external: list = []                   # OrtValues of swapped external-data weights (kept alive)
 
     ADAPTER_REFUSAL = None
 
