@@ -89,8 +89,12 @@ def _ldm_run(*args):
 
 
 def test_cli_generate_and_verify_with_a_pack(packs, tiny_bundle, tmp_path):
+    from tests.conftest import ldm_run_blocked
+
     root, _ = packs
-    ok = _ldm_run("verify", tiny_bundle, "--adapter", root / "pack_te")
+    # where torch, diffusers and transformers cannot be imported: the swap is the runtime's own
+    ok = subprocess.run(ldm_run_blocked("verify", str(tiny_bundle), "--adapter", str(root / "pack_te")),
+                        capture_output=True, text=True)
     assert ok.returncode == 0 and "PASS" in ok.stdout, ok.stdout + ok.stderr
     gen = _ldm_run("generate", tiny_bundle, "-p", "a red circle", "--steps", "4", "--width", "32", "--height", "32",
                    "--adapter", f"{root / 'pack_a'}:0.5", "--adapter", root / "pack_b", "--out", tmp_path / "x.png")
