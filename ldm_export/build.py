@@ -55,6 +55,7 @@ class BuildConfig:
     guidance: float | None = None     # the bundle's default guidance scale; None: calibration.default_guidance
     allow_below_target: bool = False  # quantized: write the bundle even below the recipe's quality target
     target_options: tuple[tuple[str, object], ...] = ()  # the target's own options (targets.get_target)
+    loras: tuple[tuple[Path, float], ...] = ()  # LoRA files fused into the UNet / text encoder, with their scales
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
     t0 = time.perf_counter()
     report(f"loading {cfg.model}")
     model = load_model(cfg.model, cfg.config, cfg.tokenizer, dict(cfg.factories))
+    adapters = _fuse_adapters(cfg, model, report)
     sizes = tuple(check_resolutions(model, cfg.resolutions))
     with staging_folder(cfg.out) as staging:
         job = _Job(cfg, model, sizes, tuple(component_graphs(model)), target, staging, report)
@@ -92,6 +94,8 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
         tokenizer = _export_tokenizer(job)
         components, checks, recipes = _export_components(job, calib)
         body = _manifest_body(job, tokenizer, components)
+        if adapters:
+            body["adapters"] = adapters
         arrays, golden = _golden_vectors(job)
         if job.quantized:
             body["quantization"] = _quantized_golden(job, {**body, "golden": golden}, arrays, recipes,
@@ -109,7 +113,17 @@ def build(cfg: BuildConfig, report: Callable[[str], None] = lambda msg: None) ->
 
 def _inputs(cfg: BuildConfig) -> list[Path]:
     """What the build reads: --out may not be, hold or lie inside any of these."""
-    return [p for p in (cfg.model, cfg.config, cfg.tokenizer, cfg.calibration) if p is not None]
+    return [p for p in (cfg.model, cfg.config, cfg.tokenizer, cfg.calibration, *(f for f, _ in cfg.loras))
+            if p is not None]
+
+
+def _fuse_adapters(cfg: BuildConfig, model: LoadedModel, report: Callable[[str], None]) -> list[dict]:
+    """Fuse the --lora files into the torch modules before anything (export, conversion, golden) reads them."""
+    if not cfg.loras:
+        return []
+    from .lora import LoraSpec, fuse_adapters
+
+    return fuse_adapters(model, [LoraSpec(Path(f), float(s)) for f, s in cfg.loras], report)
 
 
 def _check_options(cfg: BuildConfig, target: Target) -> None:
@@ -144,7 +158,7 @@ def _calibration_set(job: _Job):
     job.report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
     scratch = job.staging / CALIBRATION_DIR
     collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, factories=dict(cfg.factories),
-            report=job.report, guidance_scale=cfg.guidance, **AUTO_CALIBRATION)
+            report=job.report, guidance_scale=cfg.guidance, loras=cfg.loras, **AUTO_CALIBRATION)
     return CalibrationSet.open(scratch, model_sha256=model.source.sha256)
 
 

@@ -137,6 +137,10 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
               help="--target tensorrt: build refittable engines (weights can be swapped without a rebuild).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="A LoRA adapter (diffusers/PEFT or kohya/A1111 .safetensors) fused into the UNet and text encoder "
+                   "before the build, at SCALE (default 1; repeatable: adapters add). The manifest lists them. "
+                   "See docs/adapters.md.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[default: fp32; fp16 for --target coreml] fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
                    "out of range. int8: int8 UNet (static QDQ, per-channel) and text-encoder weights, fp16 "
@@ -172,13 +176,16 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
 @user_errors
 def build(model, config, tokenizer, target, out, precision, calibration, int8_layout, target_psnr, resolutions,
           guidance, golden_prompt, golden_steps, f_unet, f_decoder, f_encoder, f_text, overwrite, allow_below_target,
-          min_tensorrt, workspace, timing_cache, refittable, deployment_target, palettize, weights):
+          min_tensorrt, workspace, timing_cache, refittable, deployment_target, palettize, weights, loras):
     """Build a bundle from MODEL: a diffusers pipeline folder of any supported family, or an original
     single-file checkpoint with --config (default: the embedded demo model)."""
     _quiet_libraries()
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .build import build as run_build
+    from .lora import parse_spec
+
+    specs = [parse_spec(text) for text in loras]
 
     cfg = BuildConfig(model=_model_path(model), out=Path(out), config=_opt_path(config),
                       tokenizer=_opt_path(tokenizer), target=target, precision=precision,
@@ -187,6 +194,7 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), int8_layout=int8_layout,
                       guidance=guidance, allow_below_target=allow_below_target,
+                      loras=tuple((s.path, s.scale) for s in specs),
                       **_split_target_options(target, target_psnr=target_psnr, min_tensorrt=min_tensorrt,
                                               workspace=workspace, timing_cache=timing_cache, refittable=refittable,
                                               deployment_target=deployment_target, palettize=palettize,
@@ -328,6 +336,31 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
                        factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)), sampler=sampler,
                        report=lambda msg: click.echo(msg, err=True))
     click.echo(summary_line(manifest, Path(out)))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--reference", "-r", type=click.Path(), default=None,
+              help="The model the bundle was built from (default: the embedded demo model).")
+@click.option("--lora", required=True, type=click.Path(dir_okay=False),
+              help="The LoRA file (diffusers/PEFT or kohya/A1111 .safetensors).")
+@click.option("--out", "-o", type=click.Path(file_okay=False), required=True,
+              help="The adapter pack folder to write (atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing pack at --out.")
+@user_errors
+def adapter(bundle, reference, lora, out, overwrite):
+    """Write an adapter pack for BUNDLE: the LoRA's low-rank factors keyed by the bundle's own weight names,
+    bound to its files, with a golden trajectory; `ldm-run generate BUNDLE --adapter PACK` swaps it in without
+    a rebuild (docs/adapters.md)."""
+    _quiet_libraries()
+    from .adapter_pack import write_pack
+    from .lora import parse_spec
+
+    spec = parse_spec(lora)
+    meta = write_pack(Path(bundle), _model_path(reference), spec.path, Path(out), overwrite=overwrite,
+                      report=lambda m: click.echo(m, err=True))
+    size = sum(p.stat().st_size for p in Path(out).iterdir())
+    click.echo(f"wrote {out}: {len(meta['entries'])} adapted weights, {size / 1024:.1f} KiB")
 
 
 if __name__ == "__main__":

@@ -112,13 +112,15 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             seed: int = 0, guidance_scale: float | None = None, per_trajectory: int = 4, width: int | None = None,
             height: int | None = None, config: Path | None = None, tokenizer: Path | None = None,
             factories: dict[str, str] | None = None, overwrite: bool = False,
-            report: Callable[[str], None] | None = None, sampler: str = "ddim") -> dict:
+            report: Callable[[str], None] | None = None, sampler: str = "ddim",
+            loras: tuple[tuple[Path, float], ...] = ()) -> dict:
     """Write a calibration set of ``model_path`` to ``out``; returns its manifest.
 
     ``prompts``: ``general``, ``shapes``, a prompt file, or ``auto`` (``shapes`` for the embedded demo model,
     ``general`` otherwise); text models only. ``guidance_scale`` None: the embedded demo model's scale for
     it, 7.5 otherwise. ``sampler``: the trajectories' scheduler (diffusers' class of that runtime sampler;
-    use the one the deployed bundle will sample with). ``report`` receives a line per stage and turns on a progress
+    use the one the deployed bundle will sample with). ``loras``: LoRA files fused first (build --lora), so the
+    activations are the adapted model's. ``report`` receives a line per stage and turns on a progress
     bar over the samples (stderr); None keeps quiet.
     """
     from ..export import component_graphs
@@ -134,6 +136,10 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
                       protected=[p for p in (model_path, config, tokenizer) if p is not None])
     say(f"loading {model_path}")
     model = load_model(model_path, config, tokenizer, factories)
+    if loras:
+        from ..lora import LoraSpec, fuse_adapters
+
+        fuse_adapters(model, [LoraSpec(Path(f), float(s)) for f, s in loras], say)
     dw, dh = model.default_resolution
     size = check_resolutions(model, ((width or dw, height or dh),))[0]
     pick_rng, step_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))

@@ -104,11 +104,14 @@ def main(verbose: bool) -> None:
               help="Output PNG: the image, or a grid (a row per prompt) when there are several.")
 @click.option("--save-latents", type=click.Path(dir_okay=False), default=None,
               help="Also save the latents after every UNet call to this .npy file (calls, images, C, h, w).")
+@click.option("--adapter", "adapters", multiple=True, metavar="PACK[:SCALE]",
+              help="An adapter pack from `ldm-export adapter`, swapped in at SCALE (default 1) without a rebuild; "
+                   "repeatable: adapters add (docs/adapters.md).")
 @runtime_options
 @user_errors
 def generate(bundle, prompts, class_label, image_path, mask_path, negative_prompt, steps, sampler, guidance, eta,
-             seed, images_per_prompt, width, height, noise, out, save_latents, backend, provider, compute_units,
-             arithmetic, cache_dir, low_memory, skip_hash_check):
+             seed, images_per_prompt, width, height, noise, out, save_latents, adapters, backend, provider,
+             compute_units, arithmetic, cache_dir, low_memory, skip_hash_check):
     """Generate images with the bundle at BUNDLE: from prompts, a class label, or an input image,
     depending on the model family (`ldm-run info BUNDLE` tells which)."""
     from .outputs import IMAGE_FORMATS, check_output_file
@@ -129,6 +132,10 @@ def generate(bundle, prompts, class_label, image_path, mask_path, negative_promp
             for i, p in enumerate(prompts) for j in range(images_per_prompt)]
     for req in {r.prompt: r for r in jobs}.values():
         pipe.check(req)  # a bad size, a missing or foreign input, too many steps: before loading anything
+    if adapters:
+        from .adapters import parse_adapter
+
+        pipe.components.apply_adapters([parse_adapter(a) for a in adapters])
     results = _generate_all(pipe, jobs, trace=latents_file is not None)
     _write_outputs(results, out, latents_file, cols=images_per_prompt if len(prompts) > 1 else min(len(jobs), 8))
     total = sum(r.seconds["total"] for r in results)
@@ -195,14 +202,18 @@ def make_grid(images, cols: int):
 @main.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--adapter", "adapter", default=None, metavar="PACK",
+              help="Replay the adapter pack's golden trajectory instead, with the pack swapped in at scale 1.")
 @runtime_options
 @user_errors
-def verify(bundle, as_json, backend, provider, compute_units, arithmetic, cache_dir, low_memory, skip_hash_check):
+def verify(bundle, as_json, adapter, backend, provider, compute_units, arithmetic, cache_dir, low_memory,
+           skip_hash_check):
     """Replay the bundle's golden vectors here and compare; exit 1 when over tolerance."""
-    from .verify import format_report, verify_bundle
+    from .verify import format_report, verify_adapter, verify_bundle
 
-    report = verify_bundle(_open(bundle, backend, low_memory, skip_hash_check, provider=provider,
-                                 compute_units=compute_units, arithmetic=arithmetic, cache_dir=cache_dir))
+    pipe = _open(bundle, backend, low_memory, skip_hash_check, provider=provider, compute_units=compute_units,
+                 arithmetic=arithmetic, cache_dir=cache_dir)
+    report = verify_bundle(pipe) if adapter is None else verify_adapter(pipe, Path(adapter))
     if as_json:
         click.echo(dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
                                "checks": [c.__dict__ for c in report.checks]}, indent=2))

@@ -56,6 +56,7 @@ class Components:
         check_backend(bundle.manifest, self.backend)
         self.low_memory = options.low_memory
         self.seconds: dict[str, float] = {}
+        self._adapted: set[str] = set()   # the components running with swapped-in adapter weights
         self._runners: dict[str, Runner] = {
             name: make_runner(self.backend, name, bundle.path(spec["file"]), spec, options)
             for name, spec in bundle.manifest["components"].items()
@@ -92,6 +93,22 @@ class Components:
                                       f"{' at ' + where if where else ''}; the model or its precision "
                                       "overflows on this input")
         return out
+
+    def apply_adapters(self, given: list) -> None:
+        """Swap in the adapter packs ``given`` ((folder, scale) pairs; adapters add), computed from the bundle's
+        weights (:mod:`ldm_runtime.adapters`); components adapted before and not now go back to their own.
+        A backend that cannot swap weights refuses before any pack is read."""
+        from .adapters import open_adapters
+        from .runners import runner_class
+
+        refusal = runner_class(self.backend).ADAPTER_REFUSAL
+        if refusal is not None and given:
+            raise UserError(f"--adapter: {refusal}")
+        stack = open_adapters(self.bundle, given)
+        now = set(stack.components)
+        for name in sorted(now | self._adapted):
+            self.runner(name).swap_weights(stack.weights(name) if name in now else {})
+        self._adapted = now
 
     def load_all(self, names: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")) -> None:
         """Make the components that generation uses resident (nothing in low-memory mode)."""

@@ -159,6 +159,7 @@ MANIFEST = obj({
     "unet_concat": list_of(text(CONCAT)),
     "tokenizer": obj({"file": rel_path, "kind": text()}),
     "scheduler_class": text(),
+    "adapters": list_of(obj({"file": text(), "sha256": text(pattern=_HEX64), "scale": number()})),
 })
 
 

@@ -111,6 +111,28 @@ def verify_bundle(pipeline: Pipeline) -> VerifyReport:
     return VerifyReport(checks + [trajectory, image], first_bad)
 
 
+def verify_adapter(pipeline: Pipeline, pack_dir) -> VerifyReport:
+    """An adapter pack on this device: the pack swapped in at scale 1, the bundle's golden request replayed,
+    every step's latents and the final image against the pack's golden trajectory."""
+    from .adapters import open_pack
+
+    m = pipeline.bundle.manifest
+    _, traj_tol, img_tol = _tables(m["precision"])
+    pack = open_pack(pack_dir)
+    pipeline.components.apply_adapters([(pack_dir, 1.0)])
+    golden = pack.arrays(pack.meta["golden"]["file"])
+    result = pipeline.generate(golden_request(pipeline, load_golden(pipeline.bundle)), trace=True)
+    trajectory, first_bad = _trajectory_check(result.latents, golden["trajectory/latents"], traj_tol)
+    ref = golden["trajectory/image"]
+    ok_shape = ref.shape == result.image.shape
+    diff = max_abs(result.image, ref) if ok_shape else float("inf")
+    db = psnr(result.image, ref, 255.0) if ok_shape else 0.0
+    image = Check(f"final image with {pack.name} (uint8)", {"max_abs": diff, "psnr_db": db},
+                  f"≤ {img_tol.max_uint8_diff} levels, ≥ {img_tol.min_psnr_db:g} dB",
+                  diff <= img_tol.max_uint8_diff and db >= img_tol.min_psnr_db)
+    return VerifyReport([trajectory, image], first_bad)
+
+
 def _tokenizer_check(pipeline: Pipeline, golden: dict[str, np.ndarray]) -> list[Check]:
     if pipeline.tokenizer is None:
         return []

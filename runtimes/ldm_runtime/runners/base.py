@@ -136,6 +136,15 @@ class Runner(ABC):
 
         raise UserError(f"the {cls.backend} backend has nothing to prepare")
 
+    # -- adapters ----------------------------------------------------------
+    # why this backend takes no adapter packs (None: it takes them, through swap_weights)
+    ADAPTER_REFUSAL: str | None = "this backend cannot swap weights; merge the LoRA at build (ldm-export build --lora)"
+
+    def swap_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Run with these values of the named weights (the graph's initializer names) instead of the
+        bundle's, from the next call on; an empty dict goes back to the bundle's own weights."""
+        raise UserError(f"{self.name}: {self.ADAPTER_REFUSAL}")
+
     @abstractmethod
     def _load(self) -> None: ...
 

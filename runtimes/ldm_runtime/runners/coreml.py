@@ -29,6 +29,8 @@ class NeedsMacOS(BackendUnavailable):
 
 class CoreMLRunner(Runner):
     backend = "coreml"
+    ADAPTER_REFUSAL = ("Core ML bundles take LoRA adapters at build, not on the device: rebuild with "
+                       "ldm-export build MODEL --target coreml --lora FILE[:SCALE]")
     OPTIONS = ("compute_units",)
     FORMAT = "mlprogram"
 

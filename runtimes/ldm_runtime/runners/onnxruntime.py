@@ -90,6 +90,53 @@ class OnnxRuntimeRunner(Runner):
         self.threads = options.threads
         self.low_memory = options.low_memory
         self._session = None
+        self._weights: dict[str, np.ndarray] = {}   # adapters: initializer name → value at session creation
+        self._external: list = []                   # OrtValues of swapped external-data weights (kept alive)
+
+    ADAPTER_REFUSAL = None
+
+    def swap_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Adapters: the named initializers take these values when the session is created, so a swap re-creates
+        the session. Every name, shape and dtype is checked against the graph first (ONNX Runtime would ignore
+        an unknown name silently)."""
+        from ..onnx_weights import initializers
+
+        graph = initializers(self.model_path)
+        for name, value in weights.items():
+            init = graph.get(name)
+            if init is None or init.shape != value.shape or init.dtype != value.dtype:
+                want = f"{init.dtype}{list(init.shape)}" if init is not None else "no such initializer"
+                raise UserError(f"{self.name}: weight '{name}' {value.dtype}{list(value.shape)} does not fit the "
+                                f"graph ({want})")
+        self._weights = {n: np.ascontiguousarray(v) for n, v in weights.items()}
+        if self.is_loaded:
+            self.release()
+            self.load()
+
+    def _patched_model(self, options):
+        """The graph's bytes with the swapped weights written over their initializers' bytes (same size: the
+        graph is otherwise the file's, so the optimizer sees what it always sees; ``add_initializer`` is not
+        used for these because ORT_ENABLE_ALL ignored it on fp16 graphs, measured with ORT 1.32). Weights in
+        an external-data file go through ``add_external_initializers``."""
+        from ..onnx_weights import initializers
+
+        graph = initializers(self.model_path)
+        data = bytearray(self.model_path.read_bytes())
+        external = {}
+        for name, value in self._weights.items():
+            init = graph[name]
+            raw = value.astype(init.dtype.newbyteorder("<")).tobytes()
+            if init.file == self.model_path and init.packed in ("raw", "float32") and len(raw) == init.length:
+                data[init.offset:init.offset + init.length] = raw
+            else:
+                external[name] = value
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(self.model_path.parent))
+        if external:
+            ort = _ort()
+            self._external = [ort.OrtValue.ortvalue_from_numpy(v) for v in external.values()]
+            options.add_external_initializers(list(external), self._external)
+        return bytes(data)
 
     def session_options(self, optimize: bool = True):
         ort = _ort()
@@ -124,10 +171,11 @@ class OnnxRuntimeRunner(Runner):
 
     def _load(self) -> None:
         ort = _ort()
-        cached = self._cached_graph()
+        cached = None if self._weights else self._cached_graph()  # an optimized graph may have folded them
         options = self.session_options(optimize=cached is None)
+        source = self._patched_model(options) if self._weights else str(cached or self.model_path)
         try:
-            self._session = ort.InferenceSession(str(cached or self.model_path), options, providers=self.providers)
+            self._session = ort.InferenceSession(source, options, providers=self.providers)
         except _load_errors() as e:  # the file, not our code: an invalid or foreign graph, a provider that fails
             raise BundleError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
                               f"{one_line(e, with_type=False)}") from e

@@ -55,6 +55,10 @@ class TensorRTRunner(Runner):
         self._buffers: dict[str, DeviceBuffer] = {}
         self._dtypes: dict[str, np.dtype[Any]] = {}
         self._profile: dict[str, dict[str, list[int]]] = {}
+        self._weights: dict[str, np.ndarray] = {}   # adapters: the named weights' values to refit
+        self._refitted: set[str] = set()            # the names refitted into the loaded engine
+
+    ADAPTER_REFUSAL = None
 
     @classmethod
     def prepare(cls, bundle: Bundle, options: PrepareOptions, report: Callable[[str], None]) -> list[str]:
@@ -99,6 +103,45 @@ class TensorRTRunner(Runner):
         self._check_io(engine)
         self._context = self._make_context(engine, cache.max_device_memory(device))
         self._allocate(engine, self._context)
+        if self._weights:
+            self._refit()
+
+    # -- adapters: refit in place -----------------------------------------
+    def swap_weights(self, weights: dict[str, np.ndarray]) -> None:
+        """Refit the named weights (the ONNX initializer names, which the ONNX parser gives the engine's
+        weights) without rebuilding; weights refitted before and not named now go back to the graph's values."""
+        self._weights = {n: np.ascontiguousarray(v) for n, v in weights.items()}
+        if self.is_loaded:
+            self._refit()
+
+    def _refit(self) -> None:
+        import tensorrt as trt
+
+        from ..onnx_weights import initializers
+
+        engine = self._engine
+        assert engine is not None
+        if not engine.refittable:
+            raise UserError(f"{self.name}: this TensorRT engine is not refittable, so adapters cannot be swapped in; "
+                            f"rebuild it with --refittable: ldm-run prepare {self.model_path.parent} --refittable "
+                            "--force (or ldm-export build --target tensorrt --refittable)")
+        values = dict(self._weights)
+        restore = self._refitted - set(values)
+        if restore:
+            graph = initializers(self.model_path)
+            values.update({n: np.ascontiguousarray(graph[n].read()) for n in sorted(restore)})
+        refitter = trt.Refitter(engine, trt.Logger(trt.Logger.WARNING))
+        missing = sorted(set(values) - set(refitter.get_all_weights()))
+        if missing:
+            raise UserError(f"{self.name}: the engine has no refittable weights named {', '.join(missing[:3])}; "
+                            f"rebuild it with ldm-run prepare {self.model_path.parent} --refittable --force")
+        for name, value in values.items():   # the arrays stay alive (values) until refit_cuda_engine returns
+            if not refitter.set_named_weights(name, trt.Weights(value)):
+                raise UserError(f"{self.name}: TensorRT refused weight '{name}' {value.dtype}{list(value.shape)} "
+                                "(size or dtype differs from the engine's)")
+        if not refitter.refit_cuda_engine():
+            raise RuntimeError(f"{self.name}: refit_cuda_engine failed; still missing: {refitter.get_missing_weights()}")
+        self._refitted = set(self._weights)
 
     def _check_io(self, engine: trt.ICudaEngine) -> None:
         import tensorrt as trt
@@ -174,6 +217,7 @@ class TensorRTRunner(Runner):
         from ..tensorrt import cuda
 
         self._context = None   # context, then engine, then runtime: the order TensorRT requires
+        self._refitted = set()   # a new engine holds the plan's weights
         self._engine = None
         self._runtime = None
         for b in self._buffers.values():

@@ -32,6 +32,8 @@ def _as_program_dtype(name: str, key: str, value: np.ndarray, dtype: np.dtype) -
 
 class CoreMLReferenceRunner(Runner):
     backend = "coreml-reference"
+    ADAPTER_REFUSAL = ("Core ML bundles take LoRA adapters at build, not on the device: rebuild with "
+                       "ldm-export build MODEL --target coreml --lora FILE[:SCALE]")
     OPTIONS = ("arithmetic",)
     FORMAT = "mlprogram"
 
