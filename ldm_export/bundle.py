@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator
 from ldm_runtime.bundle import INTEGRITY, MANIFEST, SCHEMA_VERSION, integrity_seal, sha256_file, validate_manifest
 from ldm_runtime.errors import UserError
 from ldm_runtime.jsonio import dumps
-from ldm_runtime.outputs import FULL, check_output_folder_parent, write_failure
+from ldm_runtime.outputs import FULL, check_output_folder_parent, pid_alive, write_failure
 
 
 def is_bundle(path: Path) -> bool:
@@ -81,21 +81,11 @@ def staging_folder(out: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_staging(out: Path) -> None:
     """Remove staging folders left by builds that were killed outright (SIGKILL, power loss)."""
     for p in out.parent.glob(f".{out.name}.partial-*"):
         pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             shutil.rmtree(p, ignore_errors=True)
 
 

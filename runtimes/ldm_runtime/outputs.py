@@ -88,3 +88,14 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a staging folder named after a live process is still being written)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # it exists, as another user's
+        return True
+    return True

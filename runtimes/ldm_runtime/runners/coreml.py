@@ -16,6 +16,8 @@ from ._coremltools import import_coremltools
 from .base import Runner, RunnerOptions
 
 COMPUTE_UNITS = {"all": "ALL", "cpu-and-ne": "CPU_AND_NE", "cpu-and-gpu": "CPU_AND_GPU", "cpu": "CPU_ONLY"}
+ADAPTERS_AT_BUILD = ("Core ML bundles take LoRA adapters at build, not on the device: rebuild with "
+                     "ldm-export build MODEL --target coreml --lora FILE[:SCALE]")
 NOT_MACOS = "Core ML prediction needs macOS; --backend coreml-reference checks the programs here"
 
 
@@ -29,8 +31,7 @@ class NeedsMacOS(BackendUnavailable):
 
 class CoreMLRunner(Runner):
     backend = "coreml"
-    ADAPTER_REFUSAL = ("Core ML bundles take LoRA adapters at build, not on the device: rebuild with "
-                       "ldm-export build MODEL --target coreml --lora FILE[:SCALE]")
+    ADAPTER_REFUSAL = ADAPTERS_AT_BUILD
     OPTIONS = ("compute_units",)
     FORMAT = "mlprogram"
 

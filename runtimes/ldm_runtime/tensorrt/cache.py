@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from ..errors import UserError
+from ..outputs import pid_alive
 from .device import DeviceDescription, engine_mismatch, refusal
 from .versions import TrtVersion
 
@@ -82,16 +83,6 @@ def atomic_write(path: Path, data: Plan) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class EngineCache:
     """Engines of one bundle (``BUNDLE/engines`` by default, or any folder: ``root``)."""
 
@@ -117,7 +108,7 @@ class EngineCache:
     def _remove_stale_temporaries(self, folder: Path) -> None:
         for p in folder.glob(".*.tmp-*"):
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 p.unlink(missing_ok=True)
 
     def get(self, key: EngineKey, component: str) -> CacheEntry | None:

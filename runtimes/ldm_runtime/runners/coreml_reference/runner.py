@@ -14,6 +14,7 @@ import numpy as np
 
 from ...errors import BundleError, UserError
 from ..base import Runner, RunnerOptions
+from ..coreml import ADAPTERS_AT_BUILD
 from .evaluate import ARITHMETIC, evaluate
 from .program import Program, load_program
 
@@ -32,8 +33,7 @@ def _as_program_dtype(name: str, key: str, value: np.ndarray, dtype: np.dtype) -
 
 class CoreMLReferenceRunner(Runner):
     backend = "coreml-reference"
-    ADAPTER_REFUSAL = ("Core ML bundles take LoRA adapters at build, not on the device: rebuild with "
-                       "ldm-export build MODEL --target coreml --lora FILE[:SCALE]")
+    ADAPTER_REFUSAL = ADAPTERS_AT_BUILD
     OPTIONS = ("arithmetic",)
     FORMAT = "mlprogram"
 
