@@ -105,6 +105,31 @@ def _split_target_options(target: str, target_psnr, **given) -> dict:
     return {"target_psnr": target_psnr, "target_options": _target_options(**given)}
 
 
+def executor_options(fn):
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where the tasks (one per prompt × seed) run: local (this process, one at a time) or "
+                          "ray (Ray workers; needs pip install \"ldm-export[ray]\"). The result is the same."),
+        click.option("--ray-address", default=None, metavar="ADDR",
+                     help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto). Default: start a "
+                          "local Ray cluster for this command."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="--executor ray: worker processes, each loading the model once [default: one per CPU]."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run from the tasks it finished (kept beside the output)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _executor(executor: str, ray_address: str | None, workers: int | None):
+    from .sweep import ExecutorConfig
+
+    cfg = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
+    cfg.check()
+    return cfg
+
+
 def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder), ("encoder", f_encoder),
                                      ("text_encoder", f_text)) if v)
@@ -311,9 +336,10 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, s
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True,
               help="The trajectories' sampler (diffusers' scheduler of that name): the one the bundle will sample with.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
+@executor_options
 @user_errors
 def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, prompts, steps, samples, seed, guidance,
-              per_trajectory, resolution, sampler, out, overwrite):
+              per_trajectory, resolution, sampler, out, overwrite, executor, ray_address, workers, resume):
     """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
     timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
     reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
@@ -326,7 +352,8 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
                        guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
                        config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
                        factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)), sampler=sampler,
-                       report=lambda msg: click.echo(msg, err=True))
+                       report=lambda msg: click.echo(msg, err=True),
+                       executor=_executor(executor, ray_address, workers), resume=resume)
     click.echo(summary_line(manifest, Path(out)))
 
 

@@ -61,3 +61,13 @@ def blocked_python(code: str) -> list[str]:
 def ldm_run_blocked(*args: str) -> list[str]:
     """``ldm-run ARGS`` as a command line in which torch, diffusers and transformers cannot be imported."""
     return blocked_python(f"from ldm_runtime.cli import main\nmain({list(args)!r}, prog_name='ldm-run')")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every Ray test of the session, shut down at the end: the real
+    ``ray`` package, as ``--executor ray`` without ``--ray-address`` would start it."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'ldm-export[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
