@@ -17,7 +17,8 @@ line naming the task.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,21 +86,28 @@ def run_tasks(cfg: ExecutorConfig, job: Job, tasks: Sequence[Task], store: TaskS
                           "finished and are kept: fix the cause and rerun with --resume")
 
 
-def _run_local(cfg: ExecutorConfig, job: Job, todo: Sequence[Task], store: TaskStore, say) -> list:
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside (how every task runs: the thread count changes float sums)."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    failures = []
     try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_local(cfg: ExecutorConfig, job: Job, todo: Sequence[Task], store: TaskStore, say) -> list:
+    failures = []
+    with one_torch_thread():
         state = job.setup()
         for t in todo:
             try:
                 store.put(t.key, job.run(state, t.payload))
             except Exception as e:  # noqa: BLE001 - the sweep goes on; it fails at the end, naming the task
                 failures.append((t, one_line(e, with_type=not isinstance(e, UserError))))
-    finally:
-        torch.set_num_threads(threads)
     return failures
 
 
