@@ -226,14 +226,18 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--reference", "-r", type=click.Path(), default=None,
-              help="The model the bundle was built from (default: the embedded demo model).")
+              help="The model the bundles were built from (default: the embedded demo model).")
 @source_options
 @click.option("--class-label", "class_labels", multiple=True, type=int,
               help="Class label to compare on, for class-conditional models (repeatable; default: 0).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to compare on (repeatable; default: three built-in).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="A UTF-8 file of prompts, one per line ('#' comments and blank lines ignored), instead of --prompt.")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed (repeatable; default: 0 and 42).")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Seeds 0 … N-1, instead of --seed.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--guidance", default=7.5, show_default=True, type=finite())
 @click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0))
@@ -246,25 +250,78 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                    "needs coreml-reference.")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider for the runtime side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Also write JUnit XML: a test case per component check and per request, failures with figures.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report (images, difference maps, drift plots).")
+@executor_options
 @user_errors
-def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts, seeds,
-           steps, guidance, eta, width, height, sampler, backend, provider, as_json):
-    """Compare BUNDLE run by ldm-runtime with the diffusers pipeline of the reference model; exit 1 if over tolerance."""
+def parity(bundles, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts,
+           prompts_file, seeds, n_seeds, steps, guidance, eta, width, height, sampler, backend, provider, as_json,
+           junit, html, executor, ray_address, workers, resume):
+    """Compare each of BUNDLES run by ldm-runtime with the diffusers pipeline of the reference model, over
+    prompts × seeds; exit 1 if any is over tolerance."""
     _quiet_libraries()
 
     from ldm_runtime.request import Request
 
-    from .parity import DEFAULT_PROMPTS, ParitySweep, format_parity, run_parity
+    from .parity import DEFAULT_PROMPTS, ParitySweep, format_parity
+    from .parity_sweep import run_sweep
 
-    sweep = ParitySweep(bundle=Path(bundle), reference=_model_path(reference), config=_opt_path(config),
+    outputs = _parity_outputs(junit, html)
+    sweep = ParitySweep(bundle=Path(bundles[0]), reference=_model_path(reference), config=_opt_path(config),
                         tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
-                        prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
+                        prompts=_sweep_prompts(prompts, prompts_file) or DEFAULT_PROMPTS,
+                        seeds=_sweep_seeds(seeds, n_seeds) or (0, 42),
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height,
                                      sampler=sampler),
                         backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
-    report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
-    click.echo(dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
-    sys.exit(0 if report.ok else 1)
+    result = run_sweep(sweep, tuple(Path(b) for b in bundles), executor=_executor(executor, ray_address, workers),
+                       resume=resume, say=lambda m: click.echo(m, err=True))
+    _write_parity_outputs(result, outputs)
+    if as_json:
+        one = len(result.bundles) == 1
+        click.echo(dumps(result.bundles[0].report.to_dict() if one else result.to_dict(), indent=2))
+    else:
+        from .parity_sweep import format_sweep
+
+        click.echo(format_parity(result.bundles[0].report) if len(bundles) == 1 else format_sweep(result))
+    sys.exit(0 if result.ok else 1)
+
+
+def _sweep_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> tuple[str, ...]:
+    if prompts and prompts_file:
+        raise UserError("--prompt and --prompts FILE both given; use one")
+    if prompts_file is None:
+        return prompts
+    from .calibration import load_prompts
+
+    return tuple(load_prompts(prompts_file).prompts)
+
+
+def _sweep_seeds(seeds: tuple[int, ...], n: int | None) -> tuple[int, ...]:
+    if seeds and n is not None:
+        raise UserError("--seed and --seeds N both given; use one")
+    return tuple(range(n)) if n is not None else seeds
+
+
+def _parity_outputs(junit: str | None, html: str | None) -> dict:
+    """The report files, checked before any work."""
+    return {"junit": check_output_file(junit, "--junit", (".xml",)) if junit else None,
+            "html": check_output_file(html, "--html", (".html", ".htm")) if html else None}
+
+
+def _write_parity_outputs(result, outputs: dict) -> None:
+    if outputs["junit"] is not None:
+        from ldm_runtime.junit import write_junit
+
+        from .parity_sweep import junit_suites
+
+        write_junit(outputs["junit"], junit_suites(result), name="ldm-export parity")
+    if outputs["html"] is not None:
+        from .html_report import write_parity_html
+
+        write_parity_html(outputs["html"], result)
 
 
 @main.command()

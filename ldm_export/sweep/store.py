@@ -27,6 +27,12 @@ def store_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.tasks"
 
 
+def _plain(obj):
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
 class TaskStore:
     """The finished tasks of the sweep ``identity`` in ``folder``. Without ``resume`` the folder must not hold
     an earlier sweep's tasks (they are the user's work: never dropped silently)."""
@@ -59,7 +65,8 @@ class TaskStore:
         if _META in arrays:
             raise ValueError(f"array name {_META} is reserved")
         tmp = self.folder / f".{key}.partial-{os.getpid()}.npz"
-        meta = np.frombuffer(dumps(entry, sort_keys=True).encode("utf-8"), np.uint8)
+        # Python's own JSON (Infinity, NaN kept): an identical image's PSNR is inf, and must read back as one.
+        meta = np.frombuffer(json.dumps(entry, sort_keys=True, default=_plain).encode("utf-8"), np.uint8)
         with open(tmp, "wb") as f:
             np.savez(f, **{_META: meta}, **arrays)
         os.replace(tmp, self._path(key))
