@@ -344,24 +344,34 @@ def _write_parity_outputs(result, outputs: dict) -> None:
                    "for Core ML bundles beside ONNX ones, off macOS).")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider (default: the best installed).")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report (tables; with --adherence each image beside the "
+                   "baseline's and their amplified difference).")
+@executor_options
 @user_errors
-def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, sampler, backend, provider, as_json):
+def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, sampler, backend, provider, as_json,
+           html, executor, ray_address, workers, resume):
     """Compare BUNDLES of one model built with different recipes: size, per-component latency here, PSNR
     against fp32 torch (components and golden image) and, with --adherence, prompt adherence."""
     import dataclasses
 
-    from tqdm import tqdm
-
     from .report import ReportConfig, format_report, run_report
 
     json_file = check_output_file(as_json, "--json", (".json",)) if as_json else None
+    html_file = check_output_file(html, "--html", (".html", ".htm")) if html else None
     if baseline is not None and not adherence_prompts:
         raise UserError("--baseline is the bundle the adherence images are compared with: it needs --adherence N")
     cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
                        adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
-                       provider=provider, backend=backend, sampler=sampler)
-    rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
+                       provider=provider, backend=backend, sampler=sampler,
+                       executor=_executor(executor, ray_address, workers), resume=resume)
+    keep: dict = {}
+    rows = run_report(cfg, say=lambda m: click.echo(m, err=True), keep=keep)
     click.echo(format_report(rows))
+    if html_file is not None:
+        from .report_sweep import render_report_html
+
+        atomic_write_text(html_file, render_report_html(rows, keep.get("images"), keep.get("base"), keep.get("reps", [])))
     if json_file is not None:
         atomic_write_text(json_file, dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
 

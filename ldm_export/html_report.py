@@ -98,18 +98,25 @@ def _summary_table(result) -> str:
                    "max diff median", "first bad step", "failed", "result"], rows, ok_col=9)
 
 
-def _case_html(b, k: int, ref: np.ndarray, req: dict) -> str:
-    case, image = b.report.cases[k], b.images[k]
+def _case_grid(ref: np.ndarray, image: np.ndarray, ref_name: str, name: str, meta_html: str,
+               attrs: str = "") -> str:
+    """The reference, the image and their amplified difference side by side, with ``meta_html`` beside."""
     diff, gain = difference_map(image, ref) if image.shape == ref.shape else (np.zeros_like(ref), 0.0)
-    verdict = "ok" if case["ok"] else "FAIL"
-    return (f"<div class=case data-bundle='{_e(b.bundle.name)}' data-request='{k}'>"
-            f"<figure><img alt='reference' src='{png_data_uri(ref)}'><figcaption>torch reference</figcaption></figure>"
-            f"<figure><img alt='bundle' src='{png_data_uri(image)}'><figcaption>{_e(b.bundle.name)}</figcaption></figure>"
+    return (f"<div class=case{attrs}>"
+            f"<figure><img alt='reference' src='{png_data_uri(ref)}'><figcaption>{_e(ref_name)}</figcaption></figure>"
+            f"<figure><img alt='bundle' src='{png_data_uri(image)}'><figcaption>{_e(name)}</figcaption></figure>"
             f"<figure><img alt='difference' src='{png_data_uri(diff)}'><figcaption>|diff| ×{gain:.0f}</figcaption>"
-            f"</figure><div class=meta><b>{_e(req['label'])}</b> seed {req['seed']}<br>"
+            f"</figure><div class=meta>{meta_html}</div></div>")
+
+
+def _case_html(b, k: int, ref: np.ndarray, req: dict) -> str:
+    case = b.report.cases[k]
+    verdict = "ok" if case["ok"] else "FAIL"
+    meta = (f"<b>{_e(req['label'])}</b> seed {req['seed']}<br>"
             f"PSNR {case['image_psnr_db']:.2f} dB, max diff {case['image_max_abs']:.0f}, first bad step "
-            f"{case['first_divergent_step'] or '-'}<br><span class={'ok' if case['ok'] else 'fail'}>{verdict}</span>"
-            "</div></div>")
+            f"{case['first_divergent_step'] or '-'}<br><span class={'ok' if case['ok'] else 'fail'}>{verdict}</span>")
+    return _case_grid(ref, b.images[k], "torch reference", b.bundle.name, meta,
+                      f" data-bundle='{_e(b.bundle.name)}' data-request='{k}'")
 
 
 def _bundle_html(b, result) -> str:
