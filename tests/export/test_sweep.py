@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 import time
 
+import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -125,3 +127,37 @@ def test_workers_without_ray_executor_is_refused(tiny_sd, tmp_path):
     r = CliRunner().invoke(main, ["calibrate", str(tiny_sd), "--out", str(tmp_path / "x"), "--workers", "2"])
     assert r.exit_code == 2 and "--workers and --ray-address are for --executor ray" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+@dataclass(frozen=True)
+class _FailsOn:
+    """A job whose task ``bad`` raises (a bug one input triggers); the others return their payload."""
+
+    bad: int
+
+    def setup(self):
+        return None
+
+    def run(self, state, payload):
+        if payload == self.bad:
+            raise ValueError(f"payload {payload} is bad")
+        return {"payload": payload}, {"x": np.full(3, payload)}
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_a_failing_task_fails_the_sweep_after_the_others_then_resumes(kind, tmp_path, request):
+    from ldm_export.sweep import SweepFailed, Task, TaskStore, run_tasks
+
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    cfg = ExecutorConfig(kind=kind, workers=2 if kind == "ray" else None)
+    tasks = [Task(f"{i:06d}", i, f"'prompt {i}' seed {i}") for i in range(8)]
+    store = TaskStore(tmp_path / "tasks", {"kind": "test"}, resume=False)
+    with pytest.raises(SweepFailed) as e:
+        run_tasks(cfg, _FailsOn(3), tasks, store)
+    assert str(e.value).startswith("task 'prompt 3' seed 3 failed: ValueError: payload 3 is bad; the other 7 tasks")
+    assert store.done() == {t.key for t in tasks} - {"000003"}
+    again = TaskStore(tmp_path / "tasks", {"kind": "test"}, resume=True)
+    run_tasks(cfg, _FailsOn(-1), tasks, again)
+    assert [again.get(t.key)[0]["payload"] for t in tasks] == list(range(8))
+    assert [int(again.get(t.key)[1]["x"][0]) for t in tasks] == list(range(8))
