@@ -29,6 +29,7 @@ text-align:left;white-space:nowrap}.ok{color:#070}.fail{color:#b00;font-weight:b
 figure{margin:0;text-align:center}figure img{width:128px;height:auto;image-rendering:pixelated;border:1px solid #ccc}
 figcaption{font-size:.8em}.plot{max-width:100%;height:auto}pre{white-space:pre-wrap;word-break:break-all;
 font-size:.8em;background:#f6f6f6;padding:6px}.meta{flex:1 1 200px;font-size:.85em}
+@media (max-width:480px){body{padding:6px}figure img{width:96px}.case{gap:4px;padding:4px}}
 """
 
 

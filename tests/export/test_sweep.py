@@ -161,3 +161,15 @@ def test_a_failing_task_fails_the_sweep_after_the_others_then_resumes(kind, tmp_
     run_tasks(cfg, _FailsOn(-1), tasks, again)
     assert [again.get(t.key)[0]["payload"] for t in tasks] == list(range(8))
     assert [int(again.get(t.key)[1]["x"][0]) for t in tasks] == list(range(8))
+
+
+@pytest.mark.slow
+def test_demo_calibration_on_two_ray_workers_is_byte_identical(ray_cluster, tmp_path):
+    """The issue's scale: the embedded demo model, 32 prompts × 10 steps (≈ 1 min here; benchmarks/
+    bench_executors.py times it)."""
+    from ldm_export.demo import MODEL_DIR
+
+    kw = {"steps": 10, "samples": 32, "per_trajectory": 4}
+    collect(MODEL_DIR, tmp_path / "local", **kw)
+    collect(MODEL_DIR, tmp_path / "ray", executor=ExecutorConfig(kind="ray", workers=2), **kw)
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
