@@ -60,24 +60,34 @@ def test_a_worker_killed_mid_sweep_changes_nothing(tiny_sd, local_set, ray_clust
     folder = store_folder(out)
     killed: list[int] = []
     at_kill: list[int] = []
+    seen: set[int] = set()
+    finished = threading.Event()
 
     def kill_one_when_started():
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
+        while time.monotonic() < deadline and not finished.is_set():
             done = len(list(folder.glob("*.npz"))) if folder.is_dir() else 0
             workers = _sweep_workers()
-            if done >= 2 and workers:
+            seen.update(w.pid for w in workers)
+            if not killed and done >= 2 and workers:
                 at_kill.append(done)
                 workers[0].send_signal(signal.SIGKILL)
                 killed.append(workers[0].pid)
-            time.sleep(0.01)
+                before = set(seen)
+            time.sleep(0.005)
+        if killed:
+            seen.difference_update(before)
 
     killer = threading.Thread(target=kill_one_when_started)
     killer.start()
-    collect(tiny_sd, out, executor=ExecutorConfig(kind="ray", workers=2), **ARGS)
-    killer.join()
+    try:
+        collect(tiny_sd, out, executor=ExecutorConfig(kind="ray", workers=2), **ARGS)
+    finally:
+        finished.set()
+        killer.join()
     assert killed, "no worker was killed: the sweep ended before the test could"
     assert at_kill[0] < ARGS["samples"]
+    assert seen, "Ray did not restart the killed worker"   # a worker process that was not there at the kill
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     assert _files(out) == _files(local_set)
 
