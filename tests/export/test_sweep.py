@@ -183,3 +183,12 @@ def test_demo_calibration_on_two_ray_workers_is_byte_identical(ray_cluster, tmp_
     collect(MODEL_DIR, tmp_path / "local", **kw)
     collect(MODEL_DIR, tmp_path / "ray", executor=ExecutorConfig(kind="ray", workers=2), **kw)
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def test_a_worker_refuses_a_model_other_than_the_drivers(tiny_sd):
+    """What a worker loads is checked against the driver's hash (here: a hash no file has)."""
+    from ldm_export.calibration.tasks import CalibrationJob
+    from ldm_runtime.errors import UserError
+
+    with pytest.raises(UserError, match="the worker's copy of .* is another model"):
+        CalibrationJob(tiny_sd, None, None, (), "0" * 64).setup()
