@@ -105,6 +105,31 @@ def _split_target_options(target: str, target_psnr, **given) -> dict:
     return {"target_psnr": target_psnr, "target_options": _target_options(**given)}
 
 
+def executor_options(fn):
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where the tasks (one per prompt × seed) run: local (this process, one at a time) or "
+                          "ray (Ray workers; needs pip install \"ldm-export[ray]\"). The result is the same."),
+        click.option("--ray-address", default=None, metavar="ADDR",
+                     help="--executor ray: the cluster to join (e.g. ray://head:10001 or auto). Default: start a "
+                          "local Ray cluster for this command."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="--executor ray: worker processes, each loading the model once [default: one per CPU]."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted run from the tasks it finished (kept beside the output)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _executor(executor: str, ray_address: str | None, workers: int | None):
+    from .sweep import ExecutorConfig
+
+    cfg = ExecutorConfig(kind=executor, address=ray_address, workers=workers)
+    cfg.check()
+    return cfg
+
+
 def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], ...]:
     return tuple((k, v) for k, v in (("unet", f_unet), ("decoder", f_decoder), ("encoder", f_encoder),
                                      ("text_encoder", f_text)) if v)
@@ -209,14 +234,18 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--reference", "-r", type=click.Path(), default=None,
-              help="The model the bundle was built from (default: the embedded demo model).")
+              help="The model the bundles were built from (default: the embedded demo model).")
 @source_options
 @click.option("--class-label", "class_labels", multiple=True, type=int,
               help="Class label to compare on, for class-conditional models (repeatable; default: 0).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt to compare on (repeatable; default: three built-in).")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="A UTF-8 file of prompts, one per line ('#' comments and blank lines ignored), instead of --prompt.")
 @click.option("--seed", "seeds", multiple=True, type=int, help="Seed (repeatable; default: 0 and 42).")
+@click.option("--seeds", "n_seeds", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Seeds 0 … N-1, instead of --seed.")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--guidance", default=7.5, show_default=True, type=finite())
 @click.option("--eta", default=0.0, show_default=True, type=finite(min=0.0))
@@ -229,25 +258,78 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                    "needs coreml-reference.")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider for the runtime side.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Also write JUnit XML: a test case per component check and per request, failures with figures.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report (images, difference maps, drift plots).")
+@executor_options
 @user_errors
-def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts, seeds,
-           steps, guidance, eta, width, height, sampler, backend, provider, as_json):
-    """Compare BUNDLE run by ldm-runtime with the diffusers pipeline of the reference model; exit 1 if over tolerance."""
+def parity(bundles, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts,
+           prompts_file, seeds, n_seeds, steps, guidance, eta, width, height, sampler, backend, provider, as_json,
+           junit, html, executor, ray_address, workers, resume):
+    """Compare each of BUNDLES run by ldm-runtime with the diffusers pipeline of the reference model, over
+    prompts × seeds; exit 1 if any is over tolerance."""
     _quiet_libraries()
 
     from ldm_runtime.request import Request
 
-    from .parity import DEFAULT_PROMPTS, ParitySweep, format_parity, run_parity
+    from .parity import DEFAULT_PROMPTS, ParitySweep, format_parity
+    from .parity_sweep import run_sweep
 
-    sweep = ParitySweep(bundle=Path(bundle), reference=_model_path(reference), config=_opt_path(config),
+    outputs = _parity_outputs(junit, html)
+    sweep = ParitySweep(bundle=Path(bundles[0]), reference=_model_path(reference), config=_opt_path(config),
                         tokenizer=_opt_path(tokenizer), class_labels=class_labels or (0,),
-                        prompts=prompts or DEFAULT_PROMPTS, seeds=seeds or (0, 42),
+                        prompts=_sweep_prompts(prompts, prompts_file) or DEFAULT_PROMPTS,
+                        seeds=_sweep_seeds(seeds, n_seeds) or (0, 42),
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height,
                                      sampler=sampler),
                         backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
-    report = run_parity(sweep, report_line=lambda m: click.echo(m, err=True))
-    click.echo(dumps(report.to_dict(), indent=2) if as_json else format_parity(report))
-    sys.exit(0 if report.ok else 1)
+    result = run_sweep(sweep, tuple(Path(b) for b in bundles), executor=_executor(executor, ray_address, workers),
+                       resume=resume, say=lambda m: click.echo(m, err=True))
+    _write_parity_outputs(result, outputs)
+    if as_json:
+        one = len(result.bundles) == 1
+        click.echo(dumps(result.bundles[0].report.to_dict() if one else result.to_dict(), indent=2))
+    else:
+        from .parity_sweep import format_sweep
+
+        click.echo(format_parity(result.bundles[0].report) if len(bundles) == 1 else format_sweep(result))
+    sys.exit(0 if result.ok else 1)
+
+
+def _sweep_prompts(prompts: tuple[str, ...], prompts_file: str | None) -> tuple[str, ...]:
+    if prompts and prompts_file:
+        raise UserError("--prompt and --prompts FILE both given; use one")
+    if prompts_file is None:
+        return prompts
+    from .calibration import load_prompts
+
+    return tuple(load_prompts(prompts_file).prompts)
+
+
+def _sweep_seeds(seeds: tuple[int, ...], n: int | None) -> tuple[int, ...]:
+    if seeds and n is not None:
+        raise UserError("--seed and --seeds N both given; use one")
+    return tuple(range(n)) if n is not None else seeds
+
+
+def _parity_outputs(junit: str | None, html: str | None) -> dict:
+    """The report files, checked before any work."""
+    return {"junit": check_output_file(junit, "--junit", (".xml",)) if junit else None,
+            "html": check_output_file(html, "--html", (".html", ".htm")) if html else None}
+
+
+def _write_parity_outputs(result, outputs: dict) -> None:
+    if outputs["junit"] is not None:
+        from ldm_runtime.junit import write_junit
+
+        from .parity_sweep import junit_suites
+
+        write_junit(outputs["junit"], junit_suites(result), name="ldm-export parity")
+    if outputs["html"] is not None:
+        from .html_report import write_parity_html
+
+        write_parity_html(outputs["html"], result)
 
 
 @main.command()
@@ -270,24 +352,34 @@ def parity(bundle, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f
                    "for Core ML bundles beside ONNX ones, off macOS).")
 @click.option("--provider", default=None, help="ONNX Runtime execution provider (default: the best installed).")
 @click.option("--json", "as_json", type=click.Path(dir_okay=False), default=None, help="Also write the rows as JSON.")
+@click.option("--html", type=click.Path(dir_okay=False), default=None,
+              help="Also write a self-contained HTML report (tables; with --adherence each image beside the "
+                   "baseline's and their amplified difference).")
+@executor_options
 @user_errors
-def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, sampler, backend, provider, as_json):
+def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, sampler, backend, provider, as_json,
+           html, executor, ray_address, workers, resume):
     """Compare BUNDLES of one model built with different recipes: size, per-component latency here, PSNR
     against fp32 torch (components and golden image) and, with --adherence, prompt adherence."""
     import dataclasses
 
-    from tqdm import tqdm
-
     from .report import ReportConfig, format_report, run_report
 
     json_file = check_output_file(as_json, "--json", (".json",)) if as_json else None
+    html_file = check_output_file(html, "--html", (".html", ".htm")) if html else None
     if baseline is not None and not adherence_prompts:
         raise UserError("--baseline is the bundle the adherence images are compared with: it needs --adherence N")
     cfg = ReportConfig(bundles=tuple(Path(b) for b in bundles), baseline=_opt_path(baseline), runs=runs,
                        adherence_prompts=adherence_prompts, seeds=seeds, steps=steps, guidance_scale=guidance,
-                       provider=provider, backend=backend, sampler=sampler)
-    rows = run_report(cfg, progress_factory=lambda n, name: tqdm(total=n, desc=name, unit="image", leave=False))
+                       provider=provider, backend=backend, sampler=sampler,
+                       executor=_executor(executor, ray_address, workers), resume=resume)
+    keep: dict = {}
+    rows = run_report(cfg, say=lambda m: click.echo(m, err=True), keep=keep)
     click.echo(format_report(rows))
+    if html_file is not None:
+        from .report_sweep import render_report_html
+
+        atomic_write_text(html_file, render_report_html(rows, keep.get("images"), keep.get("base"), keep.get("reps", [])))
     if json_file is not None:
         atomic_write_text(json_file, dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
 
@@ -319,9 +411,10 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, s
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True,
               help="The trajectories' sampler (diffusers' scheduler of that name): the one the bundle will sample with.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
+@executor_options
 @user_errors
 def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, prompts, steps, samples, seed, guidance,
-              per_trajectory, resolution, sampler, out, overwrite):
+              per_trajectory, resolution, sampler, out, overwrite, executor, ray_address, workers, resume):
     """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
     timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
     reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
@@ -334,7 +427,8 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
                        guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
                        config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
                        factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)), sampler=sampler,
-                       report=lambda msg: click.echo(msg, err=True))
+                       report=lambda msg: click.echo(msg, err=True),
+                       executor=_executor(executor, ray_address, workers), resume=resume)
     click.echo(summary_line(manifest, Path(out)))
 
 

@@ -94,45 +94,81 @@ def _requests(model, sweep: ParitySweep, width: int, height: int) -> list[Reques
             for seed in sweep.seeds for v in variants]
 
 
-def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport:
-    bundle = open_bundle(sweep.bundle)
-    precision = quality_key(bundle.manifest)   # fp32: the tolerance tables; else the quality target
-    pipeline = Pipeline(bundle, Components(bundle, backend=sweep.backend, options=RunnerOptions(provider=sweep.provider)))
-    model = load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
+@dataclass
+class BundleSide:
+    """One bundle ready to be compared: its pipeline and the tables that judge it."""
+
+    path: Path
+    pipeline: Pipeline
+    precision: str          # fp32: the tolerance tables; else the key of the quality target
+    manifest: dict
+
+
+def open_side(path: Path, model, sweep: ParitySweep, check_hashes: bool = True) -> BundleSide:
+    """Open ``path`` for comparison with ``model``; a bundle built from another model is refused in one line."""
+    bundle = open_bundle(path, check_hashes=check_hashes)
+    pipeline = Pipeline(bundle, Components(bundle, backend=sweep.backend,
+                                           options=RunnerOptions(provider=sweep.provider)))
     built_from = bundle.manifest["source"]["sha256"]
     if model.source.sha256 != built_from:
-        raise UserError(f"{sweep.reference} is not the model {sweep.bundle} was built from (sha256 "
+        raise UserError(f"{sweep.reference} is not the model {path} was built from (sha256 "
                         f"{model.source.sha256[:12]}… vs the bundle's {built_from[:12]}…); pass the same model, with "
                         "the same --config/--tokenizer or factories as the build")
-    width, height = pipeline.resolve_size(sweep.base.width, sweep.base.height)
+    return BundleSide(Path(path), pipeline, quality_key(bundle.manifest), bundle.manifest)
+
+
+def load_reference(sweep: ParitySweep):
+    return load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
+
+
+def sweep_requests(model, side: BundleSide, sweep: ParitySweep) -> list[Request]:
+    width, height = side.pipeline.resolve_size(sweep.base.width, sweep.base.height)
+    return _requests(model, sweep, width, height)
+
+
+def case_label(model, req: Request) -> str:
+    return req.prompt or (f"class {req.class_label}" if req.class_label is not None else model.family)
+
+
+def compare_case(side: BundleSide, model, req: Request, ref) -> tuple[dict, object]:
+    """The bundle's run of ``req`` against the reference run ``ref``: the case's figures, and its image."""
+    traj_tol, img_tol = TRAJECTORY_TOLERANCES[side.manifest["precision"]], IMAGE_TOLERANCES["fp32"]
+    run = side.pipeline.generate(replace(req, sampler=req.sampler or "ddim"), trace=True)  # the reference's scheduler
+    complete = len(run.latents) == len(ref.latents) > 0
+    drift = [compare(a, b) for a, b in zip(run.latents, ref.latents)]
+    first = next((i for i, d in enumerate(drift, 1)
+                  if d["rel_l2"] > traj_tol.rel_l2 or d["cosine"] < traj_tol.min_cosine), None)
+    diff = max_abs(run.image, ref.image)
+    p = psnr(run.image, ref.image, 255.0)
+    if side.precision == "fp32":
+        ok = first is None and complete and diff <= img_tol.max_uint8_diff and p >= img_tol.min_psnr_db
+    else:
+        ok = complete and p >= quality_target(side.precision).image_psnr_db
+    return {
+        "prompt": case_label(model, req), "seed": req.seed, "steps": req.steps, "eta": req.eta,
+        "sampler": req.sampler or "ddim",
+        "step_rel_l2": [d["rel_l2"] for d in drift], "step_max_abs": [d["max_abs"] for d in drift],
+        "first_divergent_step": first, "image_max_abs": diff, "image_psnr_db": p,
+        "ok": ok,
+    }, run.image
+
+
+def component_rows(side: BundleSide, model, req: Request, ref) -> list[dict]:
+    """Every component of ``side`` on inputs from the reference run ``ref`` of ``req``."""
+    return _component_rows(side.pipeline, component_graphs(model), component_inputs(model, ref, req), side.precision)
+
+
+def run_parity(sweep: ParitySweep, report_line=lambda msg: None) -> ParityReport:
+    model = load_reference(sweep)
+    side = open_side(sweep.bundle, model, sweep)
     report = ParityReport()
-    graphs = component_graphs(model)
-    traj_tol, img_tol = TRAJECTORY_TOLERANCES[bundle.manifest["precision"]], IMAGE_TOLERANCES["fp32"]
-    for req in _requests(model, sweep, width, height):
-        label = req.prompt or (f"class {req.class_label}" if req.class_label is not None else model.family)
-        report_line(f"parity: {label!r} seed {req.seed}")
+    for req in sweep_requests(model, side, sweep):
+        report_line(f"parity: {case_label(model, req)!r} seed {req.seed}")
         ref = reference_generate(model, req)
         if not report.components:
-            report.components = _component_rows(pipeline, graphs, component_inputs(model, ref, req), precision)
-        run = pipeline.generate(replace(req, sampler=req.sampler or "ddim"), trace=True)  # the reference's scheduler
-        complete = len(run.latents) == len(ref.latents) > 0
-        drift = [compare(a, b) for a, b in zip(run.latents, ref.latents)]
-        first = next((i for i, d in enumerate(drift, 1)
-                      if d["rel_l2"] > traj_tol.rel_l2 or d["cosine"] < traj_tol.min_cosine), None)
-        diff = max_abs(run.image, ref.image)
-        p = psnr(run.image, ref.image, 255.0)
-        if precision == "fp32":
-            ok = first is None and complete and diff <= img_tol.max_uint8_diff \
-                and p >= img_tol.min_psnr_db
-        else:
-            ok = complete and p >= quality_target(precision).image_psnr_db
-        report.cases.append({
-            "prompt": label, "seed": req.seed, "steps": req.steps, "eta": req.eta, "sampler": req.sampler or "ddim",
-            "step_rel_l2": [d["rel_l2"] for d in drift], "step_max_abs": [d["max_abs"] for d in drift],
-            "first_divergent_step": first, "image_max_abs": diff, "image_psnr_db": p,
-            "ok": ok,
-        })
-    pipeline.components.release_all()
+            report.components = component_rows(side, model, req, ref)
+        report.cases.append(compare_case(side, model, req, ref)[0])
+    side.pipeline.components.release_all()
     return report
 
 

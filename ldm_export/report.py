@@ -31,6 +31,7 @@ from ldm_runtime.tolerances import quality_key, quality_target
 from ldm_runtime.verify import golden_tensors, load_golden
 
 from .demo import GUIDANCE as DEMO_GUIDANCE
+from .sweep import ExecutorConfig
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ReportConfig:
     provider: str | None = None       # ONNX Runtime execution provider (None: the best installed)
     backend: str | None = None        # for the bundles it can run (others: their own), e.g. coreml-reference
     sampler: str | None = None        # of the adherence images (None: each bundle's default)
+    executor: ExecutorConfig = ExecutorConfig()   # where the adherence images are generated (one task per image)
+    resume: bool = False              # continue an interrupted run's adherence images
 
 
 @dataclass
@@ -111,7 +114,10 @@ def adherence_images(pipeline: Pipeline, prompts: list[str], seeds: int, steps: 
     return images
 
 
-def run_report(cfg: ReportConfig, progress_factory=None) -> list[BundleRow]:
+def run_report(cfg: ReportConfig, progress_factory=None, say=lambda msg: None,
+               keep: dict | None = None) -> list[BundleRow]:
+    """The rows of every bundle; ``keep``, when given, receives the adherence images (``images`` per bundle,
+    ``base``, ``reps``: prompt and seed of each) for the HTML report."""
     if not cfg.bundles:
         raise UserError("give at least one bundle")
     paths = [Path(p) for p in cfg.bundles]
@@ -132,15 +138,18 @@ def run_report(cfg: ReportConfig, progress_factory=None) -> list[BundleRow]:
             base = next((i for i, r in enumerate(rows) if r.precision == "fp32"), None)
         if base is None:
             raise UserError("adherence images are compared with an fp32 bundle: include one or pass --baseline")
+        from .report_sweep import adherence_sweep
+
         prompts = shapes.eval_prompts(cfg.adherence_prompts)
         reps = [p for p in prompts for _ in range(cfg.seeds)]
-        images: list[list[np.ndarray]] = []
-        for row, pipe in zip(rows, pipelines):
-            bar = progress_factory(len(reps), row.name) if progress_factory else None
-            images.append(adherence_images(pipe, prompts, cfg.seeds, cfg.steps, cfg.guidance_scale, bar, cfg.sampler))
-            if bar is not None:
-                bar.close()
-            row.adherence = adherence.score(reps, images[-1])
+        for p in pipelines:
+            p.components.release_all()
+        images = adherence_sweep(paths, [p.bundle.manifest for p in pipelines], prompts, cfg, cfg.executor,
+                                 cfg.resume, say)
+        for row, own in zip(rows, images):
+            row.adherence = adherence.score(reps, own)
+        if keep is not None:
+            keep.update(images=images, base=base, reps=[(p, s) for p in prompts for s in range(cfg.seeds)])
         for row, own in zip(rows, images):
             values = np.array([psnr(a, b, 255.0) for a, b in zip(own, images[base])])
             finite = values[np.isfinite(values)]

@@ -26,8 +26,11 @@ from ldm_runtime.request import Request
 
 from ..provenance import producer
 from ..bundle import check_replaceable, staging_folder
+from ..sweep import ExecutorConfig, Task, TaskStore, run_tasks
+from ..sweep.store import store_folder
 from .format import FORMAT, FORMAT_VERSION, MANIFEST, is_calibration_set, record_key
 from .prompt_sets import AUTO, PromptSet, default_guidance, load_prompts, resolve_spec
+from .tasks import CalibrationJob, records_of
 
 SHARD_BYTES = 256 * 2**20   # a shard is closed before it would grow past this (one record at least)
 HISTOGRAM_BINS = 10         # the manifest's timestep histogram: tenths of the training timesteps
@@ -113,15 +116,19 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             height: int | None = None, config: Path | None = None, tokenizer: Path | None = None,
             factories: dict[str, str] | None = None, overwrite: bool = False,
             report: Callable[[str], None] | None = None, sampler: str = "ddim",
-            loras: tuple[tuple[Path, float], ...] = ()) -> dict:
+            loras: tuple[tuple[Path, float], ...] = (), executor: ExecutorConfig = ExecutorConfig(),
+            resume: bool = False) -> dict:
     """Write a calibration set of ``model_path`` to ``out``; returns its manifest.
 
     ``prompts``: ``general``, ``shapes``, a prompt file, or ``auto`` (``shapes`` for the embedded demo model,
     ``general`` otherwise); text models only. ``guidance_scale`` None: the embedded demo model's scale for
     it, 7.5 otherwise. ``sampler``: the trajectories' scheduler (diffusers' class of that runtime sampler;
     use the one the deployed bundle will sample with). ``loras``: LoRA files fused first (build --lora), so the
-    activations are the adapted model's. ``report`` receives a line per stage and turns on a progress
-    bar over the samples (stderr); None keeps quiet.
+    activations are the adapted model's (each worker fuses them too). ``report`` receives a line per stage and
+    turns on a progress bar over the samples (stderr); None keeps quiet. ``executor``: where the trajectories
+    run (one task each, see :mod:`ldm_export.sweep`); the set is byte-identical whichever runs them. Finished
+    trajectories are kept beside ``out`` until the set is written; ``resume`` continues an interrupted
+    collection from them.
     """
     from ..export import component_graphs
     from ..loading import load_model
@@ -148,11 +155,18 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     graphs = {g.name: list(g.inputs) for g in component_graphs(model)}
     say(f"running {samples} {sampler} trajectories of {steps} steps at {size[0]}x{size[1]}, recording "
         f"{per_trajectory} UNet inputs from each")
+    picks = [stratified_steps(steps, per_trajectory, step_rng) for _ in requests]
+    identity = {"kind": "calibration", "model": model.source.sha256, "prompts": prompt_set.sha256, "sampler": sampler,
+                "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "resolution": list(size),
+                "per_trajectory": per_trajectory, "samples": samples,
+                "loras": [[sha256_file(Path(f)), float(v)] for f, v in loras]}
+    job = CalibrationJob(Path(model_path).absolute(), _abs(config), _abs(tokenizer),
+                         tuple(sorted((factories or {}).items())), model.source.sha256,
+                         tuple((Path(f).absolute(), float(v)) for f, v in loras))
+    tasks, store = _run_trajectories(job, requests, picks, store_folder(out), identity, executor, resume, say)
     with staging_folder(out) as staging:
         writers = {name: _ShardWriter(staging, name) for name in graphs}
-        trajectories = [_record_trajectory(model, k, req, stratified_steps(steps, per_trajectory, step_rng),
-                                           writers, graphs)
-                        for k, req in enumerate(_progress(requests, report is not None))]
+        trajectories = [_write_trajectory(store.get(t.key), writers) for t in _progress(tasks, report is not None)]
         say("writing shards and the manifest")
         components = {name: {"inputs": wr.specs, "input_names": graphs[name], "count": wr.count,
                              "shards": wr.close()} for name, wr in writers.items() if wr.count}
@@ -175,6 +189,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / MANIFEST).chmod(0o644)
+    store.remove()
     return manifest
 
 
@@ -192,29 +207,36 @@ def _requests(model, prompt_set: PromptSet, samples: int, rng: np.random.Generat
             for k in range(samples)]
 
 
-def _record_trajectory(model, k: int, req, picks: list[int], writers: dict[str, _ShardWriter],
-                       graphs: dict[str, list[str]]) -> dict:
-    """Run trajectory ``k``; record the UNet's inputs at the steps ``picks`` and every other component's
-    input once. Returns the trajectory's manifest entry."""
-    from ..golden import component_inputs
-    from ..reference import reference_generate
-
-    run = reference_generate(model, req, record_all=True)
-    if len(run.unet_calls) != len(run.timesteps) or len(run.unet_calls) < req.steps:
-        raise RuntimeError(f"the reference made {len(run.unet_calls)} UNet calls for {len(run.timesteps)} timesteps "
-                           f"({req.steps} steps)")
-    for i in picks:
-        writers["unet"].add({n: run.unet_calls[i][n] for n in graphs["unet"]})
-    for name, feeds in sorted(component_inputs(model, run, req).items()):
-        if name != "unet" and name in writers:
-            writers[name].add({n: feeds[n] for n in graphs[name]})
-    entry = {"sample": k, "seed": req.seed, "steps": picks,
-             "timesteps": [int(run.timesteps[i]) for i in picks]}
-    if model.conditioning.kind == "text":
-        entry["prompt"] = req.prompt
-    if model.conditioning.kind == "class":
-        entry["class_label"] = req.class_label
+def _write_trajectory(result, writers: dict[str, _ShardWriter]) -> dict:
+    """Add one finished trajectory's records to the shards, in the order the task recorded them; returns
+    its manifest entry."""
+    entry, arrays = result
+    for component, feeds in records_of(arrays):
+        writers[component].add(feeds)
     return entry
+
+
+def _run_trajectories(job: CalibrationJob, requests: list, picks: list[list[int]], folder: Path, identity: dict,
+                      executor: ExecutorConfig, resume: bool, say) -> tuple[list[Task], TaskStore]:
+    """One task per trajectory, run by ``executor``; the finished ones are in the returned store."""
+    tasks = [Task(f"{k:06d}", (k, req, picks[k]), f"{_label(req)} seed {req.seed}") for k, req in enumerate(requests)]
+    store = TaskStore(folder, {**identity, "tasks": [t.key for t in tasks]}, resume)
+    try:
+        run_tasks(executor, job, tasks, store, say)
+    except (KeyboardInterrupt, SystemExit):
+        say(f"stopped with {len(store.done())} of {len(tasks)} trajectories finished, kept in {folder}: the same "
+            "command with --resume continues from them")
+        raise
+    return tasks, store
+
+
+def _label(req) -> str:
+    return repr(req.prompt) if req.prompt else (f"class {req.class_label}" if req.class_label is not None
+                                                 else "trajectory")
+
+
+def _abs(p: Path | None) -> Path | None:
+    return None if p is None else Path(p).absolute()
 
 
 def _progress(items: list, show: bool):

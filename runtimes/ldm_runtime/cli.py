@@ -204,22 +204,39 @@ def make_grid(images, cols: int):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--adapter", "adapter", default=None, metavar="PACK",
               help="Replay the adapter pack's golden trajectory instead, with the pack swapped in at scale 1.")
+@click.option("--junit", type=click.Path(dir_okay=False), default=None,
+              help="Also write the checks as JUnit XML (a test case each, failures with their figures) for CI.")
 @runtime_options
 @user_errors
-def verify(bundle, as_json, adapter, backend, provider, compute_units, arithmetic, cache_dir, low_memory,
+def verify(bundle, as_json, adapter, junit, backend, provider, compute_units, arithmetic, cache_dir, low_memory,
            skip_hash_check):
     """Replay the bundle's golden vectors here and compare; exit 1 when over tolerance."""
+    from .outputs import check_output_file
     from .verify import format_report, verify_adapter, verify_bundle
 
-    pipe = _open(bundle, backend, low_memory, skip_hash_check, provider=provider, compute_units=compute_units,
-                 arithmetic=arithmetic, cache_dir=cache_dir)
-    report = verify_bundle(pipe) if adapter is None else verify_adapter(pipe, Path(adapter))
+    junit_file = check_output_file(junit, "--junit", (".xml",)) if junit else None
+    pipeline = _open(bundle, backend, low_memory, skip_hash_check, provider=provider, compute_units=compute_units,
+                     arithmetic=arithmetic, cache_dir=cache_dir)
+    report = verify_bundle(pipeline) if adapter is None else verify_adapter(pipeline, Path(adapter))
+    if junit_file is not None:
+        _write_verify_junit(junit_file, report, pipeline, bundle)
     if as_json:
         click.echo(dumps({"ok": report.ok, "first_divergent_step": report.first_divergent_step,
                                "checks": [c.__dict__ for c in report.checks]}, indent=2))
     else:
         click.echo(format_report(report))
     sys.exit(0 if report.ok else 1)
+
+
+def _write_verify_junit(path, report, pipeline, bundle: str) -> None:
+    from . import __version__
+    from .junit import write_junit
+    from .verify import junit_suite
+
+    m = pipeline.bundle.manifest
+    props = {"bundle": str(bundle), "precision": m["precision"], "target": m.get("target", "onnx"),
+             "ldm-runtime": __version__}
+    write_junit(path, [junit_suite(report, Path(bundle).name, props)], name="ldm-run verify")
 
 
 @main.command()

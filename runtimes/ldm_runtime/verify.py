@@ -199,3 +199,16 @@ def format_report(report: VerifyReport) -> str:
         lines.append(f"first DDIM step over tolerance: {report.first_divergent_step}")
     lines.append("PASS" if report.ok else "FAIL")
     return "\n".join(lines)
+
+
+def junit_suite(report: VerifyReport, bundle_name: str, properties: dict[str, str]):
+    """The report as one JUnit suite: a test case per check, a failure carrying its figures and limit."""
+    from .junit import Case, Suite, figures
+
+    cases = [Case(name=c.name, classname=f"ldm-run verify.{bundle_name}",
+                  failure=None if c.ok else f"{c.name}: {figures(c.metrics)}; limit {c.limit}",
+                  details=f"{figures(c.metrics)}; limit {c.limit}") for c in report.checks]
+    props = dict(properties)
+    if report.first_divergent_step is not None:
+        props["first_divergent_step"] = str(report.first_divergent_step)
+    return Suite(name=f"ldm-run verify {bundle_name}", cases=cases, properties=props)

@@ -28,22 +28,13 @@ GOLDEN = replace(DEFAULT_GOLDEN, steps=4)
 
 
 @pytest.fixture(scope="module")
-def calib(tiny_sd, tmp_path_factory):
-    from ldm_export.calibration import collect
-
-    out = tmp_path_factory.mktemp("calib") / "c"
-    collect(tiny_sd, out, prompts="general", steps=4, samples=4, seed=0, per_trajectory=2)
-    return out
+def calib(tiny_calibration):
+    return tiny_calibration
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_sd, calib, tiny_bundle, tmp_path_factory):
-    root = tmp_path_factory.mktemp("qbundles")
-    out = {"fp32": tiny_bundle}
-    for precision in ("fp16", "int8"):
-        out[precision] = root / precision
-        build(BuildConfig(model=tiny_sd, out=out[precision], precision=precision, calibration=calib, golden=GOLDEN))
-    return out
+def bundles(tiny_quantized_bundles):
+    return tiny_quantized_bundles
 
 
 def _ops(path) -> set[str]:

@@ -22,6 +22,7 @@ from ldm_export.calibration import (
 )
 from ldm_export.calibration.prompt_sets import PROMPTS_DIR, shapes_file_text
 from ldm_export.cli import main
+from ldm_export.sweep.executor import one_torch_thread
 from tests.conftest import blocked_python
 
 ARGS = {"steps": 4, "samples": 3, "per_trajectory": 2}  # DDIM timesteps 751, 501, 251, 1; bins {0, 1} and {2, 3}
@@ -119,8 +120,9 @@ def test_unet_records_lie_on_the_reference_trajectory(calib, model):
     _, api, manifest, _ = calib
     unet, dec = CalibrationSet.open(api).feeds("unet"), CalibrationSet.open(api).feeds("vae_decoder")
     traj = manifest["trajectories"][1]
-    run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
-                                            height=16, guidance_scale=7.5))
+    with one_torch_thread():   # as calibration runs every trajectory (ldm_export.sweep)
+        run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
+                                                height=16, guidance_scale=7.5))
     assert len(run.unet_calls) == 2 and run.inputs["unet"] is run.unet_calls[1]  # golden vectors: unchanged
     assert traj["steps"][1] > 0
     for f, i in zip(unet[2:4], traj["steps"]):
