@@ -383,15 +383,18 @@ def test_calibrate_with_another_sampler_records_that_schedulers_unet_inputs(tiny
     sched.set_timesteps(4)
     feeds = CalibrationSet.open(tmp_path / "c").feeds("unet")
     for k, traj in enumerate(manifest["trajectories"]):
-        run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
-                                                height=16, guidance_scale=7.5, sampler="dpmpp-2m"), record_all=True)
+        with one_torch_thread():   # as calibration runs every trajectory (ldm_export.sweep)
+            run = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
+                                                    height=16, guidance_scale=7.5, sampler="dpmpp-2m"),
+                                     record_all=True)
         for f, i in zip(feeds[2 * k: 2 * k + 2], traj["steps"]):
             assert float(f["timestep"][0]) == pytest.approx(float(sched.timesteps[i]))
             for name in UNET_INPUTS:
                 np.testing.assert_array_equal(f[name], run.unet_calls[i][name])
     # the first step of DPM-Solver++ 2M is first order (DDIM's); from the second on the latents part
     traj = manifest["trajectories"][0]
-    ddim = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16, height=16,
-                                             guidance_scale=7.5, sampler="ddim"), record_all=True)
+    with one_torch_thread():
+        ddim = reference_generate(model, Request(prompt=traj["prompt"], seed=traj["seed"], steps=4, width=16,
+                                                 height=16, guidance_scale=7.5, sampler="ddim"), record_all=True)
     i = traj["steps"][1]
     assert i >= 2 and np.abs(feeds[1]["sample"] - ddim.unet_calls[i]["sample"]).max() > 0.1
