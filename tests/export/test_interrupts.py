@@ -19,6 +19,10 @@ import pytest
 EXPORT = [sys.executable, "-m", "ldm_export.cli"]
 RUN = [sys.executable, "-m", "ldm_runtime.cli"]
 EXIT_WITHIN = 5.0   # seconds from the signal to the process's exit
+# How an interrupted command ends: exit status 130, or, on some interrupt timings (seen at ~2 s, while modules
+# are still being imported), terminated by SIGINT itself after the handler printed its line: the interpreter
+# ends the process that way when it has recorded an unhandled KeyboardInterrupt. A shell reports both as $? = 130.
+INTERRUPTED = (130, -signal.SIGINT)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -38,7 +42,7 @@ def test_ctrl_c_stops_a_build_within_seconds_and_leaves_nothing(tiny_sd, tmp_pat
     _, err = proc.communicate(timeout=60)
     took = time.monotonic() - sent
     assert took < EXIT_WITHIN, f"took {took:.1f} s to stop"
-    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert proc.returncode in INTERRUPTED and "Traceback" not in err, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("interrupted")
     assert _leftovers(tmp_path) == []
 
