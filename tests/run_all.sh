@@ -12,6 +12,7 @@ rm -rf .runtime-fixtures
 .venv/bin/python -m tests.fixtures .runtime-fixtures
 python3 -m venv .venv-runtime
 .venv-runtime/bin/pip install -e "./runtimes[onnxruntime]" pytest hypothesis
-.venv-runtime/bin/python -c "import importlib.util as u, sys; sys.exit(bool(u.find_spec('torch') or u.find_spec('ldm_export')))" \
+# -I: the checkout is not on the path (from its root, `python -c` would find ./ldm_export and ./tests)
+.venv-runtime/bin/python -I -c "import importlib.util as u, sys; sys.exit(bool(u.find_spec('torch') or u.find_spec('ldm_export')))" \
     || { echo "the runtime venv must not hold torch or ldm_export" >&2; exit 1; }
 LDM_RUNTIME_FIXTURES="$PWD/.runtime-fixtures" .venv-runtime/bin/python -m pytest tests/runtime -p no:cacheprovider
