@@ -129,12 +129,7 @@ def run_sweep(sweep: ParitySweep, bundles: tuple[Path, ...], executor: ExecutorC
     tasks = [Task(f"{i:06d}", (i, r), f"{case_label(model, r)!r} seed {r.seed}") for i, r in enumerate(requests)]
     folder = store_dir or state_root() / f"parity-{hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]}"
     store = TaskStore(folder, identity, resume)
-    try:
-        run_tasks(executor, job, tasks, store, say)
-    except (KeyboardInterrupt, SystemExit):
-        say(f"stopped with {len(store.done())} of {len(tasks)} requests finished, kept in {folder}: the same "
-            "command with --resume continues from them")
-        raise
+    run_tasks(executor, job, tasks, store, say, what="requests")
     result = _assemble(store, tasks, sides, identity)
     store.remove()
     return result

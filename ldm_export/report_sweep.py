@@ -71,7 +71,7 @@ def adherence_sweep(paths: list[Path], manifests: list[dict], prompts: list[str]
                 "backend": cfg.backend, "provider": cfg.provider}
     store = TaskStore(state_root() / f"report-{hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]}",
                       identity, resume)
-    run_tasks(executor, job, tasks, store, say)
+    run_tasks(executor, job, tasks, store, say, what="images")
     images: list[list[np.ndarray]] = [[] for _ in paths]
     for t in tasks:
         _, arrays = store.get(t.key)

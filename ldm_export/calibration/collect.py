@@ -221,12 +221,7 @@ def _run_trajectories(job: CalibrationJob, requests: list, picks: list[list[int]
     """One task per trajectory, run by ``executor``; the finished ones are in the returned store."""
     tasks = [Task(f"{k:06d}", (k, req, picks[k]), f"{_label(req)} seed {req.seed}") for k, req in enumerate(requests)]
     store = TaskStore(folder, {**identity, "tasks": [t.key for t in tasks]}, resume)
-    try:
-        run_tasks(executor, job, tasks, store, say)
-    except (KeyboardInterrupt, SystemExit):
-        say(f"stopped with {len(store.done())} of {len(tasks)} trajectories finished, kept in {folder}: the same "
-            "command with --resume continues from them")
-        raise
+    run_tasks(executor, job, tasks, store, say, what="trajectories")
     return tasks, store
 
 

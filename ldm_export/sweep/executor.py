@@ -69,8 +69,18 @@ class SweepFailed(UserError):
 
 
 def run_tasks(cfg: ExecutorConfig, job: Job, tasks: Sequence[Task], store: TaskStore,
-              say: Callable[[str], None] = lambda msg: None) -> None:
-    """Run every task of ``tasks`` that ``store`` does not hold yet, putting each result in ``store``."""
+              say: Callable[[str], None] = lambda msg: None, what: str = "tasks") -> None:
+    """Run every task of ``tasks`` that ``store`` does not hold yet, putting each result in ``store``. Stopped
+    (Ctrl-C, SIGTERM), it says how many ``what`` finished and where they are kept for ``--resume``."""
+    try:
+        _run_tasks(cfg, job, tasks, store, say)
+    except (KeyboardInterrupt, SystemExit):
+        say(f"stopped with {len(store.done())} of {len(tasks)} {what} finished, kept in {store.folder}: the same "
+            "command with --resume continues from them")
+        raise
+
+
+def _run_tasks(cfg: ExecutorConfig, job: Job, tasks: Sequence[Task], store: TaskStore, say) -> None:
     cfg.check()
     done = store.done()
     todo = [t for t in tasks if t.key not in done]
