@@ -10,19 +10,26 @@ image PSNR and max difference, per-step drift percentiles, the first divergent s
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from ldm_runtime.bundle import canonical_sha256
 from ldm_runtime.errors import UserError
-from ldm_runtime.jsonio import dumps
 
-from .parity import (ParityReport, ParitySweep, case_label, compare_case, component_rows, load_reference, open_side,
-                     sweep_requests)
+from .parity import (
+    ParityReport,
+    ParitySweep,
+    case_label,
+    compare_case,
+    component_rows,
+    load_reference,
+    open_side,
+    sweep_requests,
+)
 from .sweep import ExecutorConfig, Task, TaskStore, run_tasks
+from .sweep.store import state_folder
 
 DRIFT_PERCENTILES = (50, 90, 100)
 
@@ -69,7 +76,7 @@ class ParityJob:
         sides = []
         for path, seal in self.bundles:
             side = open_side(path, model, self.sweep)   # every file's sha256 checked against its manifest
-            if _seal(side.manifest) != seal:
+            if canonical_sha256(side.manifest) != seal:
                 raise UserError(f"the worker's copy of {path} is another bundle than the driver's; give every worker "
                                 "the same files")
             sides.append(side)
@@ -91,17 +98,6 @@ class ParityJob:
         return entry, arrays
 
 
-def state_root() -> Path:
-    """Where a parity sweep keeps its finished tasks until it ends (for --resume): $LDM_EXPORT_STATE, else
-    ~/.cache/ldm-export/sweeps. One folder per sweep, named by a hash of what it compares."""
-    env = os.environ.get("LDM_EXPORT_STATE")
-    return Path(env) if env else Path.home() / ".cache" / "ldm-export" / "sweeps"
-
-
-def _seal(manifest: dict) -> str:
-    return hashlib.sha256(dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
-
-
 def run_sweep(sweep: ParitySweep, bundles: tuple[Path, ...], executor: ExecutorConfig = ExecutorConfig(),
               resume: bool = False, store_dir: Path | None = None,
               say: Callable[[str], None] = lambda msg: None) -> SweepResult:
@@ -120,14 +116,14 @@ def run_sweep(sweep: ParitySweep, bundles: tuple[Path, ...], executor: ExecutorC
     absolute = replace(sweep, reference=Path(sweep.reference).absolute(),
                        config=None if sweep.config is None else Path(sweep.config).absolute(),
                        tokenizer=None if sweep.tokenizer is None else Path(sweep.tokenizer).absolute())
-    job = ParityJob(absolute, tuple((Path(b).absolute(), _seal(s.manifest)) for b, s in zip(bundles, sides)),
-                    model.source.sha256)
+    job = ParityJob(absolute, tuple((Path(b).absolute(), canonical_sha256(s.manifest))
+                                    for b, s in zip(bundles, sides)), model.source.sha256)
     identity = {"kind": "parity", "model": model.source.sha256, "bundles": [seal for _, seal in job.bundles],
                 "requests": [[case_label(model, r), r.seed] for r in requests],
                 "base": {k: getattr(sweep.base, k) for k in ("steps", "guidance_scale", "eta", "sampler")},
                 "backend": sweep.backend, "provider": sweep.provider}
     tasks = [Task(f"{i:06d}", (i, r), f"{case_label(model, r)!r} seed {r.seed}") for i, r in enumerate(requests)]
-    folder = store_dir or state_root() / f"parity-{hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]}"
+    folder = store_dir or state_folder("parity", identity)
     store = TaskStore(folder, identity, resume)
     run_tasks(executor, job, tasks, store, say, what="requests")
     result = _assemble(store, tasks, sides, identity)

@@ -7,20 +7,16 @@ scores are those of the one-loop :func:`ldm_export.report.adherence_images`, wha
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ldm_runtime.bundle import canonical_sha256
 from ldm_runtime.errors import UserError
-from ldm_runtime.jsonio import dumps
 from ldm_runtime.metrics import psnr
 
 from .sweep import ExecutorConfig, Task, TaskStore, run_tasks
-
-
-def _seal(manifest: dict) -> str:
-    return hashlib.sha256(dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
+from .sweep.store import state_folder
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class AdherenceJob:
         pipelines = []
         for path, seal in self.bundles:
             bundle = open_bundle(path)
-            if _seal(bundle.manifest) != seal:
+            if canonical_sha256(bundle.manifest) != seal:
                 raise UserError(f"the worker's copy of {path} is another bundle than the driver's")
             backend = backend_for(bundle.manifest, self.backend)
             options = options_for(backend, RunnerOptions(provider=self.provider))
@@ -60,16 +56,15 @@ class AdherenceJob:
 def adherence_sweep(paths: list[Path], manifests: list[dict], prompts: list[str], cfg, executor: ExecutorConfig,
                     resume: bool, say=lambda msg: None) -> list[list[np.ndarray]]:
     """Every bundle's image of every prompt × seed (prompt-major, as the one-loop version), per bundle."""
-    from .parity_sweep import state_root
 
-    job = AdherenceJob(tuple((Path(p).absolute(), _seal(m)) for p, m in zip(paths, manifests)), cfg.steps,
+    job = AdherenceJob(tuple((Path(p).absolute(), canonical_sha256(m)) for p, m in zip(paths, manifests)), cfg.steps,
                        cfg.guidance_scale, cfg.sampler, cfg.backend, cfg.provider)
     tasks = [Task(f"{i:06d}", (p, s), f"{p!r} seed {s}")
              for i, (p, s) in enumerate((p, s) for p in prompts for s in range(cfg.seeds))]
     identity = {"kind": "report-adherence", "bundles": [seal for _, seal in job.bundles], "prompts": prompts,
                 "seeds": cfg.seeds, "steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "sampler": cfg.sampler,
                 "backend": cfg.backend, "provider": cfg.provider}
-    store = TaskStore(state_root() / f"report-{hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]}",
+    store = TaskStore(state_folder("report", identity),
                       identity, resume)
     run_tasks(executor, job, tasks, store, say, what="images")
     images: list[list[np.ndarray]] = [[] for _ in paths]

@@ -27,6 +27,20 @@ def store_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.tasks"
 
 
+def state_root() -> Path:
+    """Where a sweep without an output folder (parity, report) keeps its finished tasks until it ends (for
+    --resume): $LDM_EXPORT_STATE, else ~/.cache/ldm-export/sweeps."""
+    env = os.environ.get("LDM_EXPORT_STATE")
+    return Path(env) if env else Path.home() / ".cache" / "ldm-export" / "sweeps"
+
+
+def state_folder(kind: str, identity: dict) -> Path:
+    """The folder of one such sweep under :func:`state_root`, named by a hash of what it compares."""
+    import hashlib
+
+    return state_root() / f"{kind}-{hashlib.sha256(dumps(identity).encode()).hexdigest()[:16]}"
+
+
 def _plain(obj):
     if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()
