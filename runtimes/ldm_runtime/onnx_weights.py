@@ -14,6 +14,7 @@ copying any weight; :meth:`Initializer.read` reads one, inline or from its exter
 
 from __future__ import annotations
 
+import functools
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +125,19 @@ def _tensor(buf, start: int, end: int, path: Path) -> Initializer:
 
 
 def initializers(path: str | Path) -> dict[str, Initializer]:
-    """Every top-level initializer of the ONNX graph at ``path``, by name (no weight is read)."""
+    """Every top-level initializer of the ONNX graph at ``path``, by name (no weight is read). The index is
+    kept per file (and its size and modification time): a swap of adapters, the session it re-creates and
+    each low-memory reload read it once, not once each. Callers must not modify the returned dict."""
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise BundleError(f"cannot read the initializers of {path.name}: {e}") from e
+    return _index(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _index(path: Path, size: int, mtime_ns: int) -> dict[str, Initializer]:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             graph = next((v for fld, wire, v in _fields(buf, 0, len(buf)) if fld == 7 and wire == 2), None)
