@@ -83,8 +83,8 @@ def validate_manifest(m: Any) -> None:
 def inside(root: Path, rel: str, where: str) -> Path:
     """``root / rel`` for a manifest path that stays inside the bundle, or a one-line BundleError."""
     p = PurePosixPath(rel)
-    if (rel.startswith("/") or "\\" in rel or ":" in p.parts[0] or any(part in ("", ".", "..") for part in p.parts)
-            or str(p) != rel):
+    if (not p.parts or rel.startswith("/") or "\\" in rel or ":" in p.parts[0]  # "." has no parts
+            or any(part in ("", ".", "..") for part in p.parts) or str(p) != rel):
         raise BundleError(f"manifest.json: '{where}' = {rel!r} is not a plain relative path inside the bundle")
     full = root / rel
     real_root = Path(os.path.realpath(root))

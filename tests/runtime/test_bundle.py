@@ -84,7 +84,7 @@ def test_structural_errors_name_the_key(bundle_copy, edit_fn, match):
 
 
 @pytest.mark.parametrize("path", ["../../../../etc/passwd", "/etc/passwd", "./unet.onnx", "a/../unet.onnx",
-                                  "C:\\unet.onnx", "", "unet.onnx/"])
+                                  "C:\\unet.onnx", "", ".", "unet.onnx/"])
 def test_paths_must_stay_inside_the_bundle(bundle_copy, path):
     def point(m):
         m["components"]["unet"]["file"] = path

@@ -5,12 +5,17 @@ never another exception (a KeyError, a ZeroDivisionError, a numpy error deep ins
 What is run for each case is everything ``ldm-run verify`` does before the first component call: open the
 bundle (seal, schema, paths, hashes), build the pipeline (sampler, tokenizer, guidance), read the golden
 vectors, list what is missing, and check the golden request against the bundle.
+
+The cases are the same on every run (``derandomize``), so CI is reproducible; to search further, run with
+``LDM_FUZZ_RANDOM=1 LDM_FUZZ_EXAMPLES=30000``: a failure prints the ``@reproduce_failure`` line that replays
+it, and each one found becomes a case in tests/runtime/test_bundle.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,7 +29,8 @@ from ldm_runtime.errors import BundleError
 from ldm_runtime.pipeline import Components, Pipeline
 from ldm_runtime.verify import golden_request, load_golden, missing_golden
 
-EXAMPLES = int(__import__("os").environ.get("LDM_FUZZ_EXAMPLES", 2000))
+EXAMPLES = int(os.environ.get("LDM_FUZZ_EXAMPLES", 2000))
+RANDOM = os.environ.get("LDM_FUZZ_RANDOM") == "1"
 GOLDEN = "golden/golden.npz"
 
 ODD_VALUES = st.one_of(
@@ -106,7 +112,7 @@ def test_the_unmutated_bundle_passes_the_exercise(pristine):
     _exercise(pristine[0])
 
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None,
+@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not RANDOM,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_bundles_fail_only_with_bundle_error(pristine, data):
