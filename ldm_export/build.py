@@ -24,6 +24,7 @@ from .bundle import check_replaceable, finalize_manifest, is_bundle, staging_fol
 from .export import OPSET, ComponentGraph, check_against_torch, component_graphs, export_onnx
 from .golden import GOLDEN, family_request, golden_arrays, write_golden
 from .loading import load_model
+from .lora import LoraSpec, check_same_adapters, fuse_adapters
 from .model import LoadedModel
 from .precision import PRECISIONS, component_recipe, quantize_component
 from .provenance import producer
@@ -121,8 +122,6 @@ def _fuse_adapters(cfg: BuildConfig, model: LoadedModel, report: Callable[[str],
     """Fuse the --lora files into the torch modules before anything (export, conversion, golden) reads them."""
     if not cfg.loras:
         return []
-    from .lora import LoraSpec, fuse_adapters
-
     return fuse_adapters(model, [LoraSpec(Path(f), float(s)) for f, s in cfg.loras], report)
 
 
@@ -154,7 +153,10 @@ def _calibration_set(job: _Job):
         return None
     if cfg.calibration is not None:
         job.report(f"reading calibration set {cfg.calibration}")
-        return CalibrationSet.open(cfg.calibration, model_sha256=model.source.sha256)
+        calib = CalibrationSet.open(cfg.calibration, model_sha256=model.source.sha256)
+        check_same_adapters(calib.manifest.get("loras", []), [LoraSpec(Path(f), s) for f, s in cfg.loras],
+                            f"calibration set {cfg.calibration}", "build")
+        return calib
     job.report("no --calibration given: collecting a small calibration set (see ldm-export calibrate --help)")
     scratch = job.staging / CALIBRATION_DIR
     collect(cfg.model, scratch, config=cfg.config, tokenizer=cfg.tokenizer, factories=dict(cfg.factories),

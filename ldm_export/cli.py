@@ -105,6 +105,18 @@ def _split_target_options(target: str, target_psnr, **given) -> dict:
     return {"target_psnr": target_psnr, "target_options": _target_options(**given)}
 
 
+def lora_option(what: str):
+    return click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+                        help="A LoRA adapter (diffusers/PEFT or kohya/A1111 .safetensors) fused into the UNet and text "
+                             f"encoder at SCALE (default 1; repeatable: adapters add), {what} See docs/adapters.md.")
+
+
+def _loras(texts: tuple[str, ...]) -> tuple[tuple[Path, float], ...]:
+    from .lora import parse_spec
+
+    return tuple((s.path, s.scale) for s in map(parse_spec, texts))
+
+
 def executor_options(fn):
     for opt in reversed([
         click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -162,10 +174,8 @@ def _factories(f_unet, f_decoder, f_encoder, f_text) -> tuple[tuple[str, str], .
               help="--target tensorrt: build refittable engines (weights can be swapped without a rebuild).")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="bundle", show_default=True,
               help="The bundle folder to write (written atomically).")
-@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
-              help="A LoRA adapter (diffusers/PEFT or kohya/A1111 .safetensors) fused into the UNet and text encoder "
-                   "before the build, at SCALE (default 1; repeatable: adapters add). The manifest lists them. "
-                   "See docs/adapters.md.")
+@lora_option("before the build. The manifest lists them; parity and calibration sets for this bundle need the "
+             "same --lora.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="[default: fp32; fp16 for --target coreml] fp32: the export as is. fp16: fp16 inside, fp32 where the overflow scan finds fp16 "
                    "out of range. int8: int8 UNet (static QDQ, per-channel) and text-encoder weights, fp16 "
@@ -208,9 +218,6 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
     # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     from .build import build as run_build
-    from .lora import parse_spec
-
-    specs = [parse_spec(text) for text in loras]
 
     cfg = BuildConfig(model=_model_path(model), out=Path(out), config=_opt_path(config),
                       tokenizer=_opt_path(tokenizer), target=target, precision=precision,
@@ -219,7 +226,7 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
                       golden=replace(GOLDEN, prompt=golden_prompt, steps=golden_steps), overwrite=overwrite,
                       calibration=_opt_path(calibration), int8_layout=int8_layout,
                       guidance=guidance, allow_below_target=allow_below_target,
-                      loras=tuple((s.path, s.scale) for s in specs),
+                      loras=_loras(loras),
                       **_split_target_options(target, target_psnr=target_psnr, min_tensorrt=min_tensorrt,
                                               workspace=workspace, timing_cache=timing_cache, refittable=refittable,
                                               deployment_target=deployment_target, palettize=palettize,
@@ -262,11 +269,12 @@ def build(model, config, tokenizer, target, out, precision, calibration, int8_la
               help="Also write JUnit XML: a test case per component check and per request, failures with figures.")
 @click.option("--html", type=click.Path(dir_okay=False), default=None,
               help="Also write a self-contained HTML report (images, difference maps, drift plots).")
+@lora_option("as the bundles merged it (build --lora): the reference is the adapted model.")
 @executor_options
 @user_errors
 def parity(bundles, reference, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, class_labels, prompts,
            prompts_file, seeds, n_seeds, steps, guidance, eta, width, height, sampler, backend, provider, as_json,
-           junit, html, executor, ray_address, workers, resume):
+           junit, html, loras, executor, ray_address, workers, resume):
     """Compare each of BUNDLES run by ldm-runtime with the diffusers pipeline of the reference model, over
     prompts × seeds; exit 1 if any is over tolerance."""
     _quiet_libraries()
@@ -283,7 +291,8 @@ def parity(bundles, reference, config, tokenizer, f_unet, f_decoder, f_encoder, 
                         seeds=_sweep_seeds(seeds, n_seeds) or (0, 42),
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height,
                                      sampler=sampler),
-                        backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text))
+                        backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text),
+                        loras=_loras(loras))
     result = run_sweep(sweep, tuple(Path(b) for b in bundles), executor=_executor(executor, ray_address, workers),
                        resume=resume, say=lambda m: click.echo(m, err=True))
     _write_parity_outputs(result, outputs)
@@ -411,10 +420,11 @@ def report(bundles, baseline, adherence_prompts, seeds, steps, guidance, runs, s
 @click.option("--sampler", type=click.Choice(list(SAMPLERS)), default="ddim", show_default=True,
               help="The trajectories' sampler (diffusers' scheduler of that name): the one the bundle will sample with.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing set at --out (only once the new one is complete).")
+@lora_option("before sampling, so the activations are the adapted model's (for a build --lora with the same files).")
 @executor_options
 @user_errors
 def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, prompts, steps, samples, seed, guidance,
-              per_trajectory, resolution, sampler, out, overwrite, executor, ray_address, workers, resume):
+              per_trajectory, resolution, sampler, out, overwrite, loras, executor, ray_address, workers, resume):
     """Record a calibration set for quantizing MODEL: the inputs of the UNet (at steps spread over every
     timestep range), the text encoder and the autoencoder along real DDIM trajectories of the torch
     reference (default MODEL: the embedded demo model). Same arguments, same bytes."""
@@ -427,7 +437,7 @@ def calibrate(model, config, tokenizer, f_unet, f_decoder, f_encoder, f_text, pr
                        guidance_scale=guidance, per_trajectory=per_trajectory, width=width, height=height,
                        config=_opt_path(config), tokenizer=_opt_path(tokenizer), overwrite=overwrite,
                        factories=dict(_factories(f_unet, f_decoder, f_encoder, f_text)), sampler=sampler,
-                       report=lambda msg: click.echo(msg, err=True),
+                       loras=_loras(loras), report=lambda msg: click.echo(msg, err=True),
                        executor=_executor(executor, ray_address, workers), resume=resume)
     click.echo(summary_line(manifest, Path(out)))
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ldm_runtime.bundle import sha256_file
 from ldm_runtime.errors import UserError
 
 from .model import LoadedModel
@@ -213,8 +214,7 @@ def fuse_adapters(model: LoadedModel, specs: list[LoraSpec], report=lambda msg: 
                 for name, f in text_mods.items():
                     w = text.get_submodule(name).weight
                     w += torch.from_numpy(f.delta()).to(w.dtype) * spec.scale
-        entries.append({"file": spec.path.name, "sha256": _sha256(spec.path), "scale": spec.scale,
-                        "modules": {"unet": len(unet_mods), "text_encoder": len(text_mods)}})
+        entries.append({**recorded([spec])[0], "modules": {"unet": len(unet_mods), "text_encoder": len(text_mods)}})
     if loaded:
         unet.set_adapters([s.name for s in loaded], weights=[s.scale for s in loaded])
         unet.fuse_lora(adapter_names=[s.name for s in loaded])
@@ -222,9 +222,22 @@ def fuse_adapters(model: LoadedModel, specs: list[LoraSpec], report=lambda msg: 
     return entries
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+def recorded(specs: list[LoraSpec]) -> list[dict]:
+    """How a bundle's and a calibration set's manifest name the adapters merged into their model."""
+    return [{"file": s.path.name, "sha256": sha256_file(s.path), "scale": s.scale} for s in specs]
+
+
+def check_same_adapters(merged: list[dict], given: list[LoraSpec], what: str, command: str) -> None:
+    """Refuse in one line when the adapters ``what`` was made with (its manifest's entries) are not
+    ``given`` (the files and scales passed now to ``command``): the torch side would be another model."""
+    def key(entries):
+        return sorted((e["sha256"], float(e["scale"])) for e in entries)
+
+    def named(entries):
+        return ("LoRA " + ", ".join(f"{e['file']}:{float(e['scale']):g}" for e in entries)) if entries else "no LoRA"
+
+    now = recorded(given)
+    if key(merged) == key(now):
+        return
+    raise UserError(f"{what} was made with {named(merged)}, but {command} was given {named(now)}; "
+                    f"pass the same --lora FILE:SCALE to both (a file is matched by its sha256)")

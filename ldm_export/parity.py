@@ -28,6 +28,7 @@ from ldm_runtime.tolerances import (COMPONENT_TOLERANCES, IMAGE_TOLERANCES, TRAJ
 from .export import component_graphs, torch_outputs
 from .golden import component_inputs, family_request
 from .loading import load_model
+from .lora import LoraSpec, check_same_adapters, fuse_adapters
 from .reference import reference_generate
 
 DEFAULT_PROMPTS = ("a red circle on the left", "a small blue square above a green triangle",
@@ -50,6 +51,7 @@ class ParitySweep:
     config: Path | None = None      # original YAML when the reference is a single-file checkpoint
     tokenizer: Path | None = None
     factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
+    loras: tuple[tuple[Path, float], ...] = ()   # LoRA files fused into the reference, as the build merged them
 
 
 @dataclass
@@ -114,11 +116,17 @@ def open_side(path: Path, model, sweep: ParitySweep, check_hashes: bool = True) 
         raise UserError(f"{sweep.reference} is not the model {path} was built from (sha256 "
                         f"{model.source.sha256[:12]}… vs the bundle's {built_from[:12]}…); pass the same model, with "
                         "the same --config/--tokenizer or factories as the build")
+    check_same_adapters(bundle.manifest.get("adapters", []), [LoraSpec(Path(f), s) for f, s in sweep.loras],
+                        str(path), "parity")
     return BundleSide(Path(path), pipeline, quality_key(bundle.manifest), bundle.manifest)
 
 
 def load_reference(sweep: ParitySweep):
-    return load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
+    """The torch model to compare with: the reference, with the sweep's LoRA files fused as the build did."""
+    model = load_model(sweep.reference, sweep.config, sweep.tokenizer, dict(sweep.factories))
+    if sweep.loras:
+        fuse_adapters(model, [LoraSpec(Path(f), s) for f, s in sweep.loras])
+    return model
 
 
 def sweep_requests(model, side: BundleSide, sweep: ParitySweep) -> list[Request]:

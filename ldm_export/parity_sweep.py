@@ -28,6 +28,7 @@ from .parity import (
     open_side,
     sweep_requests,
 )
+from .lora import LoraSpec, recorded
 from .sweep import ExecutorConfig, Task, TaskStore, run_tasks
 from .sweep.store import state_folder
 
@@ -115,13 +116,15 @@ def run_sweep(sweep: ParitySweep, bundles: tuple[Path, ...], executor: ExecutorC
         s.pipeline.components.release_all()
     absolute = replace(sweep, reference=Path(sweep.reference).absolute(),
                        config=None if sweep.config is None else Path(sweep.config).absolute(),
-                       tokenizer=None if sweep.tokenizer is None else Path(sweep.tokenizer).absolute())
+                       tokenizer=None if sweep.tokenizer is None else Path(sweep.tokenizer).absolute(),
+                       loras=tuple((Path(f).absolute(), s) for f, s in sweep.loras))
     job = ParityJob(absolute, tuple((Path(b).absolute(), canonical_sha256(s.manifest))
                                     for b, s in zip(bundles, sides)), model.source.sha256)
     identity = {"kind": "parity", "model": model.source.sha256, "bundles": [seal for _, seal in job.bundles],
                 "requests": [[case_label(model, r), r.seed] for r in requests],
                 "base": {k: getattr(sweep.base, k) for k in ("steps", "guidance_scale", "eta", "sampler")},
-                "backend": sweep.backend, "provider": sweep.provider}
+                "backend": sweep.backend, "provider": sweep.provider,
+                "loras": [[e["sha256"], e["scale"]] for e in recorded([LoraSpec(f, s) for f, s in sweep.loras])]}
     tasks = [Task(f"{i:06d}", (i, r), f"{case_label(model, r)!r} seed {r.seed}") for i, r in enumerate(requests)]
     folder = store_dir or state_folder("parity", identity)
     store = TaskStore(folder, identity, resume)

@@ -26,6 +26,7 @@ from ldm_runtime.request import Request
 
 from ..provenance import producer
 from ..bundle import check_replaceable, staging_folder
+from ..lora import LoraSpec, fuse_adapters, recorded
 from ..sweep import ExecutorConfig, Task, TaskStore, run_tasks
 from ..sweep.store import store_folder
 from .format import FORMAT, FORMAT_VERSION, MANIFEST, is_calibration_set, record_key
@@ -140,13 +141,12 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     if guidance_scale is None:
         guidance_scale = default_guidance(model_path)
     check_replaceable(Path(out), overwrite, kind="calibration set", is_kind=is_calibration_set,
-                      protected=[p for p in (model_path, config, tokenizer) if p is not None])
+                      protected=[p for p in (model_path, config, tokenizer, *(f for f, _ in loras)) if p is not None])
     say(f"loading {model_path}")
     model = load_model(model_path, config, tokenizer, factories)
-    if loras:
-        from ..lora import LoraSpec, fuse_adapters
-
-        fuse_adapters(model, [LoraSpec(Path(f), float(s)) for f, s in loras], say)
+    specs = [LoraSpec(Path(f), float(s)) for f, s in loras]
+    if specs:
+        fuse_adapters(model, specs, say)
     dw, dh = model.default_resolution
     size = check_resolutions(model, ((width or dw, height or dh),))[0]
     pick_rng, step_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
@@ -159,7 +159,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     identity = {"kind": "calibration", "model": model.source.sha256, "prompts": prompt_set.sha256, "sampler": sampler,
                 "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "resolution": list(size),
                 "per_trajectory": per_trajectory, "samples": samples,
-                "loras": [[sha256_file(Path(f)), float(v)] for f, v in loras]}
+                "loras": [[e["sha256"], e["scale"]] for e in recorded(specs)]}
     job = CalibrationJob(Path(model_path).absolute(), _abs(config), _abs(tokenizer),
                          tuple(sorted((factories or {}).items())), model.source.sha256,
                          tuple((Path(f).absolute(), float(v)) for f, v in loras))
@@ -185,7 +185,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             "components": components,
             "timesteps": _coverage([t for tr in trajectories for t in tr["timesteps"]],
                                    int(model.scheduler_config.get("num_train_timesteps", 1000))),
-            "trajectories": trajectories, "files": files,
+            "trajectories": trajectories, "files": files, "loras": recorded(specs),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / MANIFEST).chmod(0o644)

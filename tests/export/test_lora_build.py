@@ -113,3 +113,61 @@ def test_cli_lora_scale_and_bad_file(tiny_sd, tiny_bundle, loras, tmp_path):
     assert m["adapters"][0]["scale"] == 0.0
     # at scale 0 the bundle computes what the base bundle computes, bit for bit
     assert np.array_equal(runtime_image(runtime_pipeline(tmp_path / "b")), runtime_image(runtime_pipeline(tiny_bundle)))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "ldm_export.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def _one_line_error(r, *fragments):
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(f in line for f in fragments), line
+
+
+def test_parity_of_a_merged_bundle_compares_with_the_same_lora_fused(tiny_sd, loras, tmp_path):
+    """A bundle built with --lora is compared with the reference with that LoRA fused (parity --lora): it
+    passes; without --lora, or with another scale, parity refuses in one line instead of failing against the
+    base model (test_build_lora_matches_diffusers_fused shows the adapter moves the image by > 10 levels)."""
+    lora = loras["unet"]
+    _build(tiny_sd, tmp_path / "b", [(lora.path, 0.8)])
+    cmd = ("parity", tmp_path / "b", "-r", tiny_sd, "--prompt", "a red circle", "--seed", "0", "--steps", "4",
+           "--width", "32", "--height", "32", "--json")
+    _one_line_error(_cli(*cmd), "was made with LoRA unet.safetensors:0.8", "parity was given no LoRA")
+    _one_line_error(_cli(*cmd, "--lora", f"{lora.path}:0.5"), "parity was given LoRA unet.safetensors:0.5")
+    ok = _cli(*cmd, "--lora", f"{lora.path}:0.8")
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["ok"] and report["cases"][0]["image_max_abs"] <= 2
+
+
+def test_calibration_sets_record_their_lora_and_a_build_checks_it(tiny_sd, loras, tmp_path):
+    """calibrate --lora records the adapters in the set's manifest; build --calibration refuses a set made with
+    other adapters than its --lora (the int8 scales would be the base model's) before exporting anything."""
+    lora = loras["unet"]
+    plain, adapted = tmp_path / "plain", tmp_path / "adapted"
+    args = ("calibrate", tiny_sd, "--samples", "2", "--steps", "2", "--per-trajectory", "1", "--resolution", "32x32")
+    assert _cli(*args, "--out", plain).returncode == 0
+    r = _cli(*args, "--out", adapted, "--lora", f"{lora.path}:0.8")
+    assert r.returncode == 0, r.stderr
+    entry, = json.loads((adapted / "calibration.json").read_text())["loras"]
+    assert entry == {"file": "unet.safetensors", "sha256": lora_sha(lora.path), "scale": 0.8}
+    assert json.loads((plain / "calibration.json").read_text())["loras"] == []
+    # the adapted model's activations differ from the base model's: the record is not a label only
+    from safetensors.numpy import load_file
+
+    a, b = (load_file(next(d.glob("unet-*.safetensors"))) for d in (plain, adapted))
+    assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
+    build_args = ("build", tiny_sd, "--resolution", "32x32", "--precision", "int8", "--out", tmp_path / "b")
+    _one_line_error(_cli(*build_args, "--calibration", plain, "--lora", f"{lora.path}:0.8"),
+                    f"calibration set {plain} was made with no LoRA", "build was given LoRA unet.safetensors:0.8")
+    _one_line_error(_cli(*build_args, "--calibration", adapted), "was made with LoRA unet.safetensors:0.8",
+                    "build was given no LoRA")
+    assert not (tmp_path / "b").exists()
+
+
+def lora_sha(path):
+    from ldm_runtime.bundle import sha256_file
+
+    return sha256_file(path)
