@@ -46,6 +46,26 @@ def test_unsupported_config_is_a_user_error(key, value):
     assert "\n" not in message and repr(value) in message and "expected" in message
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("cfg,where", [
+    ({"beta_end": 1.5}, "beta 1.00"),                                     # β past 1 near the end: ᾱ < 0
+    ({"beta_end": 1e300}, "beta nan at timestep 0"),                      # sqrt(β) overflows float32
+    ({"trained_betas": [0.1, 1.0, 0.3], "num_train_timesteps": 3}, "beta 1 at timestep 1 of 3"),  # 1: last only
+    ({"trained_betas": [0.1, -0.2, 0.3], "num_train_timesteps": 3}, "beta -0.2 at timestep 1 of 3"),
+])
+def test_betas_outside_0_1_are_refused_by_every_sampler(name, cfg, where):
+    """A schedule whose betas leave [0, 1) is refused when the sampler is made, naming the first bad beta,
+    instead of NaN images blamed on the UNet later."""
+    with pytest.raises(UserError, match="the scheduler's betas must lie in \\[0, 1\\)") as info:
+        make_sampler(name, {**SD_SCHEDULER, **cfg})
+    assert where in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_zero_snr_schedule_may_end_at_beta_1():
+    sampler = make_sampler("ddim", {**SD_SCHEDULER, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"})
+    assert sampler.betas[-1] == 1.0 and (sampler.betas[:-1] < 1).all()
+
+
 def test_bad_step_count_is_a_user_error():
     sampler = DDIMSampler(DDIMConfig())
     for bad in (0, -3, 1001, 2.5):

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import UserError
-from .schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS
+from .schedule import BETA_SCHEDULES, TIMESTEP_SPACINGS, make_betas
 
 
 def one_of(what: str, got: Any, expected: tuple, hint: str = "") -> None:
@@ -61,7 +61,22 @@ class SchedulerConfig:
         self.one_of("prediction_type", self.PREDICTION_TYPES)
         if not (isinstance(self.num_train_timesteps, int) and self.num_train_timesteps >= 1):
             raise UserError(f"bad num_train_timesteps; got {self.num_train_timesteps!r}; expected an integer >= 1")
+        self._check_betas()
         self.check()
+
+    def _check_betas(self) -> None:
+        """Each β_t is a variance fraction: in [0, 1), or exactly 1 at the last step (a zero-SNR schedule); any
+        other value gives a negative or NaN ᾱ, and every image NaN."""
+        with np.errstate(all="ignore"):
+            betas = make_betas(self).astype(np.float64)
+        bad = ~np.isfinite(betas) | (betas < 0) | (betas > 1)
+        bad[:-1] |= betas[:-1] >= 1
+        if bad.any():
+            t = int(np.flatnonzero(bad)[0])
+            source = "trained_betas" if self.trained_betas is not None else \
+                f"beta_schedule {self.beta_schedule!r} from beta_start {self.beta_start:g} to beta_end {self.beta_end:g}"
+            raise UserError(f"the scheduler's betas must lie in [0, 1); {source} gives beta {betas[t]:g} at "
+                            f"timestep {t} of {len(betas)}")
 
     def check(self) -> None:
         """The subclass's own checks (values it cannot reproduce are a UserError)."""
