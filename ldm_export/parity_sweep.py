@@ -18,6 +18,7 @@ import numpy as np
 from ldm_runtime.bundle import canonical_sha256
 from ldm_runtime.errors import UserError
 
+from .lora import LoraSpec, recorded
 from .parity import (
     ParityReport,
     ParitySweep,
@@ -28,7 +29,6 @@ from .parity import (
     open_side,
     sweep_requests,
 )
-from .lora import LoraSpec, recorded
 from .sweep import ExecutorConfig, Task, TaskStore, run_tasks
 from .sweep.store import state_folder
 
