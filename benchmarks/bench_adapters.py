@@ -9,9 +9,14 @@ The LoRA is a random one on the UNet's attention and the text encoder's (tests/m
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the tests' model registry (tests/models) makes the model and the LoRA
+    sys.path.insert(0, str(REPO))
 
 
 def _size(path: Path) -> int:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ldm_runtime.errors import UserError, one_line
+from ldm_runtime.errors import BackendUnavailable, UserError, one_line
 
 from .store import Result, TaskStore
 
@@ -116,6 +116,8 @@ def _run_local(cfg: ExecutorConfig, job: Job, todo: Sequence[Task], store: TaskS
         for t in todo:
             try:
                 store.put(t.key, job.run(state, t.payload))
+            except BackendUnavailable:  # this machine lacks the backend: every task would fail the same way
+                raise
             except Exception as e:  # noqa: BLE001 - the sweep goes on; it fails at the end, naming the task
                 failures.append((t, one_line(e, with_type=not isinstance(e, UserError))))
     return failures
@@ -203,6 +205,8 @@ def _drain(ray, workers: list, queue: list[Task], store: TaskStore) -> list:
             store.put(t.key, ray.get(ref))
         except ray.exceptions.RayError as e:
             cause = getattr(e, "cause", None)
+            if isinstance(cause, BackendUnavailable):   # the workers lack the backend: so would every task
+                raise cause from None
             failures.append((t, one_line(cause, with_type=not isinstance(cause, UserError)) if cause is not None
                              else one_line(e)))
         submit(worker)

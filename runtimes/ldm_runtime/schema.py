@@ -122,8 +122,10 @@ def rel_path(v, where):
 
 SIZE = list_of(integer(1, MAX_SIDE), length=2)
 # "enumerated": the shapes a Core ML program serves (one list per case; the device refuses any other)
+# "layout" (Core ML bundles): what each axis is, for an app that feeds the program without the runtime
+LAYOUTS = ("N", "NT", "NC", "NTC", "NCHW")
 TENSOR = obj({"dtype": text(DTYPES), "shape": list_of(dim, min_len=1)},
-             {"enumerated": list_of(list_of(integer(1), min_len=1), min_len=1)})
+             {"enumerated": list_of(list_of(integer(1), min_len=1), min_len=1), "layout": text(LAYOUTS)})
 CHUNK = obj({"file": rel_path})   # a Core ML UNet split in two: the programs, run in order
 COMPONENT = obj({"file": rel_path, "inputs": dict_of(TENSOR, min_len=1), "outputs": dict_of(TENSOR, min_len=1)},
                 {"external_data": nullable(rel_path), "precision": text(), "chunks": list_of(CHUNK, min_len=2)})

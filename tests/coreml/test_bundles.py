@@ -64,6 +64,11 @@ def test_manifest_of_a_coreml_bundle(coreml_bundle):
     # batch 2 and 1 at both sizes, the latents at 1/2 of the image (the tiny autoencoder's factor)
     assert sorted(unet["inputs"]["sample"]["enumerated"]) == sorted(
         [b, 4, h // 2, w // 2] for (w, h) in TINY_SIZES for b in (2, 1))
+    # each tensor's axes, for an app that feeds the programs itself
+    assert {k: v["layout"] for k, v in unet["inputs"].items()} == {"sample": "NCHW", "timestep": "N",
+                                                                   "encoder_hidden_states": "NTC"}
+    assert m["components"]["text_encoder"]["inputs"]["input_ids"]["layout"] == "NT"
+    assert m["components"]["vae_decoder"]["outputs"]["image"]["layout"] == "NCHW"
     # every file of every package listed (and sealed), nothing else under the packages
     on_disk = {p.relative_to(coreml_bundle).as_posix() for p in coreml_bundle.rglob("*.mlpackage/**/*") if p.is_file()}
     assert on_disk and on_disk <= set(m["files"])
@@ -80,12 +85,16 @@ def test_verify_with_the_reference_evaluator(coreml_bundle):
 
 
 @pytest.mark.skipif(platform.system() == "Darwin", reason="checks the message given off macOS")
-def test_the_default_backend_off_macos_says_to_use_the_reference(coreml_bundle, tmp_path, monkeypatch):
+def test_the_default_backend_off_macos_says_to_use_the_reference(coreml_bundle, tiny_sd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for args in (["verify", str(coreml_bundle)], ["generate", str(coreml_bundle), "-p", "x", "--steps", "1"]):
         r = CliRunner().invoke(run_cli, args)
         assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"error: {NOT_MACOS}", r.stderr
     assert list(tmp_path.iterdir()) == []
+    # a sweep says the same, once, not "task … failed …; rerun with --resume" (every task would fail alike)
+    r = CliRunner().invoke(export_cli, ["parity", str(coreml_bundle), "-r", str(tiny_sd),
+                                        "--prompt", "x", "--seed", "0", "--seed", "1", "--steps", "1"])
+    assert r.exit_code == 2 and r.stderr.strip().splitlines()[-1] == f"error: {NOT_MACOS}", r.stderr
 
 
 def test_a_backend_that_cannot_read_the_files_is_refused(coreml_bundle, tiny_bundle):

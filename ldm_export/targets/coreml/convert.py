@@ -155,12 +155,23 @@ def convert_component(graph: ComponentGraph, sizes: list[tuple[int, int]], *, pr
     return _record(graph, exported, out, precision, deployment_target, flexibility, time.perf_counter() - t0)
 
 
+def layout(spec: dict) -> str | None:
+    """The axes of a tensor as the programs take it (torch's own order; no ANE-style re-layout): batch, then
+    tokens for ids, channels for vectors, tokens × channels for hidden states, channels × height × width for
+    images and latents; None for another rank."""
+    rank = len(spec["shape"])
+    if rank == 2:
+        return "NT" if spec["dtype"].startswith("int") else "NC"
+    return {1: "N", 3: "NTC", 4: "NCHW"}.get(rank)
+
+
 def _record(graph: ComponentGraph, exported: ExportedComponent, out: Path, precision: str, target: str,
             flexibility: dict[str, str], seconds: float) -> dict:
     """The manifest record: IO as the graph declares it plus each input's and output's shape per case (the
     ``enumerated`` lists line up case by case), how each input's shapes are served, and the provenance."""
     def io(specs: dict, key: str) -> dict:
-        return {k: {**s, "enumerated": [list(c[key][k]) for c in exported.cases]} for k, s in specs.items()}
+        return {k: {**s, "enumerated": [list(c[key][k]) for c in exported.cases],
+                    **({"layout": layout(s)} if layout(s) else {})} for k, s in specs.items()}
 
     return {"file": Path(out).name, "format": "mlprogram", "inputs": io(graph.inputs, "inputs"),
             "outputs": io(graph.outputs, "outputs"), "shape_flexibility": flexibility, "precision": precision,
