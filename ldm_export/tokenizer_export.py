@@ -138,11 +138,15 @@ def _load_tokenizer(kind: _Kind, tokenizer_dir: Path):
     """``transformers.<class>.from_pretrained``, with a failure on the user's files as one line."""
     import transformers
 
+    cls = getattr(transformers, kind.cls_name)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # class-mismatch chatter; we check that ourselves
     try:
-        return getattr(transformers, kind.cls_name).from_pretrained(str(tokenizer_dir))
-    except Exception as exc:  # corrupt vocab/merges/config: the user's files, not our bug
+        return cls.from_pretrained(str(tokenizer_dir))
+    except (AttributeError, NameError, AssertionError):  # a bug (ours or the library's), not the files: exit 3
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt vocab/merges/config (the tokenizers library raises plain
+        # Exception for a malformed tokenizer.json): the user's files
         raise UserError(f"cannot load the {kind.label} tokenizer in {tokenizer_dir}: {one_line(exc)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)

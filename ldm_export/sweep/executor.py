@@ -10,8 +10,9 @@ result.
 On Ray, every worker is an actor that loads the job once (loading a model costs far more than one task);
 an actor whose process dies is restarted by Ray and its task retried (Ray's own ``max_task_retries``), so a
 sample is neither lost nor duplicated (a task's result is keyed by the task, written once). A task that
-raises is not retried (it would raise again): the sweep goes on with the others and then fails in one
-line naming the task.
+raises a user error is not retried (it would raise again): the sweep goes on with the others and then fails
+in one line naming the task. Any other exception is a bug: it ends the sweep at once, with its traceback
+(exit 3); the finished tasks are kept for ``--resume``.
 """
 
 from __future__ import annotations
@@ -118,8 +119,8 @@ def _run_local(cfg: ExecutorConfig, job: Job, todo: Sequence[Task], store: TaskS
                 store.put(t.key, job.run(state, t.payload))
             except BackendUnavailable:  # this machine lacks the backend: every task would fail the same way
                 raise
-            except Exception as e:  # noqa: BLE001 - the sweep goes on; it fails at the end, naming the task
-                failures.append((t, one_line(e, with_type=not isinstance(e, UserError))))
+            except UserError as e:  # the task's input: the sweep goes on, and fails at the end naming the task
+                failures.append((t, one_line(e, with_type=False)))
     return failures
 
 
@@ -207,7 +208,8 @@ def _drain(ray, workers: list, queue: list[Task], store: TaskStore) -> list:
             cause = getattr(e, "cause", None)
             if isinstance(cause, BackendUnavailable):   # the workers lack the backend: so would every task
                 raise cause from None
-            failures.append((t, one_line(cause, with_type=not isinstance(cause, UserError)) if cause is not None
-                             else one_line(e)))
+            if cause is not None and not isinstance(cause, UserError):   # our bug: exit 3 with its traceback
+                raise cause
+            failures.append((t, one_line(cause, with_type=False) if cause is not None else one_line(e)))
         submit(worker)
     return failures

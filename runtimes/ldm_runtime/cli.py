@@ -249,7 +249,9 @@ def _write_verify_junit(path, report, pipeline, bundle: str) -> None:
               help="tensorrt: the engine builder's memory-pool cap, e.g. 2G (keep it small on 8 GB Jetsons).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="tensorrt: a timing cache file, reused and updated between builds.")
-@click.option("--refittable", is_flag=True, help="tensorrt: build refittable engines (for adapters).")
+@click.option("--refittable/--not-refittable", default=None,
+              help="tensorrt: build refittable engines (adapters are refitted into them) or not. Default: as the "
+                   "bundle was built (ldm-export build --target tensorrt --refittable).")
 @click.option("--provider", default=None, help="onnxruntime: the execution provider to optimize for.")
 @click.option("--force", is_flag=True, help="Build again even when the cache holds this device's entry.")
 @user_errors

@@ -19,6 +19,7 @@ from ldm_export.calibration import collect
 from ldm_export.cli import main
 from ldm_export.sweep import ExecutorConfig
 from ldm_export.sweep.store import store_folder
+from ldm_runtime.errors import UserError
 
 ARGS = {"steps": 8, "samples": 16, "per_trajectory": 2}
 CLI_ARGS = ["--steps", "8", "--samples", "16", "--per-trajectory", "2"]
@@ -141,16 +142,18 @@ def test_workers_without_ray_executor_is_refused(tiny_sd, tmp_path):
 
 @dataclass(frozen=True)
 class _FailsOn:
-    """A job whose task ``bad`` raises (a bug one input triggers); the others return their payload."""
+    """A job whose task ``bad`` raises ``error`` (a user error one input causes, or a bug it triggers); the
+    others return their payload."""
 
     bad: int
+    error: type = UserError
 
     def setup(self):
         return None
 
     def run(self, state, payload):
         if payload == self.bad:
-            raise ValueError(f"payload {payload} is bad")
+            raise self.error(f"payload {payload} is bad")
         return {"payload": payload}, {"x": np.full(3, payload)}
 
 
@@ -165,12 +168,30 @@ def test_a_failing_task_fails_the_sweep_after_the_others_then_resumes(kind, tmp_
     store = TaskStore(tmp_path / "tasks", {"kind": "test"}, resume=False)
     with pytest.raises(SweepFailed) as e:
         run_tasks(cfg, _FailsOn(3), tasks, store)
-    assert str(e.value).startswith("task 'prompt 3' seed 3 failed: ValueError: payload 3 is bad; the other 7 tasks")
+    assert str(e.value).startswith("task 'prompt 3' seed 3 failed: payload 3 is bad; the other 7 tasks")
     assert store.done() == {t.key for t in tasks} - {"000003"}
     again = TaskStore(tmp_path / "tasks", {"kind": "test"}, resume=True)
     run_tasks(cfg, _FailsOn(-1), tasks, again)
     assert [again.get(t.key)[0]["payload"] for t in tasks] == list(range(8))
     assert [int(again.get(t.key)[1]["x"][0]) for t in tasks] == list(range(8))
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_a_bug_in_a_task_ends_the_sweep_as_itself(kind, tmp_path, request):
+    """Not a user error: the exception itself comes out (the CLI's exit 3 with its traceback), not a
+    one-line "task failed" (exit 2) that would read as the user's fault; the finished tasks are kept."""
+    from ldm_export.sweep import Task, TaskStore, run_tasks
+
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    cfg = ExecutorConfig(kind=kind, workers=2 if kind == "ray" else None)
+    tasks = [Task(f"{i:06d}", i, f"'prompt {i}' seed {i}") for i in range(8)]
+    store = TaskStore(tmp_path / "tasks", {"kind": "test"}, resume=False)
+    with pytest.raises(ValueError, match="payload 3 is bad"):
+        run_tasks(cfg, _FailsOn(3, ValueError), tasks, store)
+    assert "000003" not in store.done()
+    if kind == "local":
+        assert store.done() == {"000000", "000001", "000002"}
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from ldm_export.targets.tensorrt.engines import build_engines, device_constraints
-from ldm_runtime.errors import BackendUnavailable, UserError
+from ldm_runtime.errors import BackendUnavailable, BundleError, UserError
 from ldm_runtime.runners.tensorrt import TensorRTRunner
 from ldm_runtime.tensorrt.builder import BuildOptions, build_engine
 from ldm_runtime.tensorrt.imports import tensorrt_installed
@@ -54,7 +54,27 @@ def test_the_build_ships_graphs_and_names_the_device_command(tiny_bundle, tmp_pa
     assert "\n" not in result.note and result.note.endswith("ldm-run prepare out/tiny")
     constraints = device_constraints("10.3", result.engines, onnx_opset=17)
     assert constraints == {"tensorrt": {"min_version": "10.3", "engines": [], "onnx_opset": 17,
-                                        "other_devices": "ldm-run prepare BUNDLE builds engines for this device"}}
+                                        "other_devices": "ldm-run prepare BUNDLE builds engines for this device",
+                                        "refittable": False}}
+
+
+@no_tensorrt
+def test_a_refittable_build_is_recorded_and_is_what_prepare_builds_by_default(tiny_sd, tmp_path):
+    """build --refittable without a GPU: the manifest says so, the note says the device's engines will be
+    refittable, and ldm-run prepare's refit mode defaults to it (--not-refittable / --refittable override)."""
+    from ldm_export.build import BuildConfig, build
+    from ldm_runtime.bundle import open_bundle
+    from ldm_runtime.runners.tensorrt import built_refittable
+
+    lines = []
+    m = build(BuildConfig(model=tiny_sd, out=tmp_path / "b", target="tensorrt", resolutions=((32, 32),),
+                          target_options=(("refittable", True),)), report=lines.append)
+    assert m["device_constraints"]["tensorrt"]["refittable"] is True
+    assert any(line.endswith("ldm-run prepare b (refittable, as recorded in the bundle)") for line in lines), lines
+    assert built_refittable(open_bundle(tmp_path / "b").manifest) is True
+    assert built_refittable({"device_constraints": {"tensorrt": {}}}) is False   # bundles from before the field
+    with pytest.raises(BundleError, match="'device_constraints.tensorrt.refittable' must be true or false"):
+        built_refittable({"device_constraints": {"tensorrt": {"refittable": "yes"}}})
 
 
 def test_bad_build_options_are_one_line():

@@ -67,8 +67,9 @@ def build_engines(staging: Path, manifest: dict[str, Any], options: BuildOptions
     """Steps 1-2 for the bundle being assembled in ``staging`` (``manifest``: its manifest so far)."""
     reason = unavailable_reason()
     if reason is not None:
+        refit = " (refittable, as recorded in the bundle)" if options.refit != "none" else ""
         return EngineBuild(note=f"no TensorRT engines built: {reason}; the bundle ships TensorRT-ready ONNX "
-                                f"graphs; build the engines on the device with: ldm-run prepare {bundle_name}")
+                                f"graphs; build the engines on the device with: ldm-run prepare {bundle_name}{refit}")
     if options.refit_weights:
         raise UserError("naming refittable weights is a device-side option; use ldm-run prepare --refittable")
     staging = Path(staging)
@@ -95,7 +96,7 @@ def build_engines(staging: Path, manifest: dict[str, Any], options: BuildOptions
 
 
 def device_constraints(min_tensorrt: str | TrtVersion = MINIMUM, engines: list[dict[str, Any]] | None = None,
-                       onnx_opset: int | None = None) -> dict[str, Any]:
+                       onnx_opset: int | None = None, refittable: bool = False) -> dict[str, Any]:
     """Step 3: the manifest's ``device_constraints`` of a TensorRT bundle."""
     shipped = [{"component": m["component"], "file": f"{ENGINES_DIR}/{m['key']}/{m['component']}.plan",
                 "key": m["key"], "tensorrt_version": m["tensorrt_version"], "gpu_name": m["gpu_name"],
@@ -103,7 +104,8 @@ def device_constraints(min_tensorrt: str | TrtVersion = MINIMUM, engines: list[d
                 "hardware_compatibility_level": m.get("hardware_compatibility_level", "NONE"),
                 "flags": list(m.get("flags", []))} for m in engines or []]
     out: dict[str, Any] = {"tensorrt": {"min_version": TrtVersion.parse(min_tensorrt).short, "engines": shipped,
-                                        "other_devices": "ldm-run prepare BUNDLE builds engines for this device"}}
+                                        "other_devices": "ldm-run prepare BUNDLE builds engines for this device",
+                                        "refittable": refittable}}
     if onnx_opset is not None:
         out["tensorrt"]["onnx_opset"] = onnx_opset
     return out

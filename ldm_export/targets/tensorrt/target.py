@@ -71,4 +71,4 @@ class TensorRTTarget(Target):
         return {"onnx": onnx.__version__, "tensorrt": trt, "min_tensorrt": self.min_tensorrt.short}
 
     def device_constraints(self) -> dict[str, Any]:
-        return device_constraints(self.min_tensorrt, self.engines)
+        return device_constraints(self.min_tensorrt, self.engines, refittable=self.options.refit != "none")

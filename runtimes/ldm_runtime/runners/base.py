@@ -64,7 +64,7 @@ class PrepareOptions:
     cache_dir: Path | None = None     # default: the bundle's engines/
     workspace_bytes: int | None = None  # tensorrt: the builder's memory-pool cap
     timing_cache: Path | None = None  # tensorrt: reused and updated between builds
-    refittable: bool = False          # tensorrt: refittable engines (adapters)
+    refittable: bool | None = None    # tensorrt: refittable engines (adapters); None: as the bundle was built
     provider: str | None = None       # onnxruntime: the execution provider to optimize for
     force: bool = False               # build again even when the cache has an entry
 

@@ -37,6 +37,16 @@ def dims(d: trt.Dims) -> tuple[int, ...]:
     return tuple(int(d[i]) for i in range(len(d)))
 
 
+def built_refittable(manifest: dict[str, Any]) -> bool:
+    """Whether ``ldm-export build --refittable`` made the bundle: ``ldm-run prepare``'s default then."""
+    tensorrt = manifest.get("device_constraints", {}).get("tensorrt", {})
+    value = tensorrt.get("refittable", False) if isinstance(tensorrt, dict) else None
+    if not isinstance(value, bool):
+        raise BundleError(f"manifest.json: 'device_constraints.tensorrt.refittable' must be true or false; got "
+                          f"{value!r}")
+    return value
+
+
 class TensorRTRunner(Runner):
     backend = "tensorrt"
     OPTIONS = ("cache_dir", "device")
@@ -66,8 +76,9 @@ class TensorRTRunner(Runner):
         from ..tensorrt.builder import BuildOptions
         from ..tensorrt.prepare import prepare_bundle
 
+        refittable = built_refittable(bundle.manifest) if options.refittable is None else options.refittable
         build = BuildOptions(workspace_bytes=options.workspace_bytes, timing_cache=options.timing_cache,
-                             refit="all" if options.refittable else "none")
+                             refit="all" if refittable else "none")
         done = prepare_bundle(bundle.root, build, cache_dir=options.cache_dir, manifest=bundle.manifest,
                               force=options.force, report=report)
         return [f"{d.component}: {'reused' if d.reused else 'built'} {d.plan} ({d.seconds:g} s)" for d in done]
