@@ -292,7 +292,9 @@ def parity(bundles, reference, config, tokenizer, f_unet, f_decoder, f_encoder, 
                         base=Request(steps=steps, guidance_scale=guidance, eta=eta, width=width, height=height,
                                      sampler=sampler),
                         backend=backend, provider=provider, factories=_factories(f_unet, f_decoder, f_encoder, f_text),
-                        loras=_loras(loras))
+                        loras=_loras(loras),
+                        given=frozenset(k for k, v in (("prompts", prompts or prompts_file),
+                                                       ("class_labels", class_labels)) if v))
     result = run_sweep(sweep, tuple(Path(b) for b in bundles), executor=_executor(executor, ray_address, workers),
                        resume=resume, say=lambda m: click.echo(m, err=True))
     _write_parity_outputs(result, outputs)

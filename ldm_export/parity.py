@@ -52,6 +52,7 @@ class ParitySweep:
     tokenizer: Path | None = None
     factories: tuple[tuple[str, str], ...] = ()  # (component, "pkg.module:function"), custom models
     loras: tuple[tuple[Path, float], ...] = ()   # LoRA files fused into the reference, as the build merged them
+    given: frozenset[str] = frozenset()  # "prompts", "class_labels": set by the user (refused where not taken)
 
 
 @dataclass
@@ -90,6 +91,10 @@ def _component_rows(pipeline: Pipeline, graphs, inputs, precision: str) -> list[
 def _requests(model, sweep: ParitySweep, width: int, height: int) -> list[Request]:
     """The cases to compare: prompts × seeds, class labels × seeds, or seeds (with a synthetic input image)."""
     kind = model.conditioning.kind
+    for option, takes, flag in (("prompts", "text", "--prompt/--prompts"), ("class_labels", "class", "--class-label")):
+        if option in sweep.given and kind != takes:
+            raise UserError(f"{flag}: the reference model is {model.family}, which takes no "
+                            f"{'prompt' if takes == 'text' else 'class label'} ({kind} conditioning); leave it out")
     variants = ([{"prompt": p} for p in sweep.prompts] if kind == "text"
                 else [{"class_label": c} for c in sweep.class_labels] if kind == "class" else [{}])
     return [family_request(model, replace(sweep.base, seed=seed, **v), width, height)

@@ -173,6 +173,8 @@ CASES = [
     Case("parity-width-not-a-multiple", "export", ("parity", B, "-r", M, "--width", "30"), "not a multiple of 4"),
     Case("parity-factory-on-a-diffusers-model", "export", ("parity", B, "-r", M, "--unet", "a.b:c"),
          "names a factory of a custom model"),
+    Case("parity-class-label-on-a-text-model", "export", ("parity", B, "-r", M, "--class-label", "3"),
+         "--class-label: the reference model is .*, which takes no class label \\(text conditioning\\)"),
     # --- ldm-export report
     Case("report-json-into-a-missing-folder", "export", ("report", B, "--json", "{dir}/nope/r.json"),
          "the folder .* does not exist"),
