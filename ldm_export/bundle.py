@@ -20,6 +20,7 @@ from ldm_runtime.bundle import INTEGRITY, MANIFEST, SCHEMA_VERSION, integrity_se
 from ldm_runtime.errors import UserError
 from ldm_runtime.jsonio import dumps
 from ldm_runtime.outputs import FULL, check_output_folder_parent, pid_alive, write_failure
+from ldm_runtime.runners.ort_cache import CACHE_DIR
 
 
 def is_bundle(path: Path) -> bool:
@@ -90,12 +91,15 @@ def _remove_stale_staging(out: Path) -> None:
 
 
 def finalize_manifest(staging: Path, manifest: dict) -> dict:
-    """Add the sha256 of every file in ``staging`` and the integrity seal, validate, write manifest.json."""
+    """Add the sha256 of every file in ``staging`` and the integrity seal, validate, write manifest.json.
+
+    The device cache (``engines/``: TensorRT engines built here, what ``ldm-run prepare`` adds) is not listed:
+    the device rewrites it (``prepare --force``), and each entry carries its own sha256 and key."""
     files = {}
     for p in sorted(q for q in staging.rglob("*") if q.is_file()):
         rel = p.relative_to(staging).as_posix()
         p.chmod(0o644)  # onnx writes external data as 0600; a bundle is copied to other users' devices
-        if rel != MANIFEST:
+        if rel != MANIFEST and not rel.startswith(f"{CACHE_DIR}/"):
             files[rel] = sha256_file(p)
     manifest = json.loads(dumps({"schema_version": SCHEMA_VERSION, **manifest, "files": files}))
     manifest[INTEGRITY] = integrity_seal(manifest)

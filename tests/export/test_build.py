@@ -233,3 +233,23 @@ def test_the_bundle_records_its_default_guidance_scale(tiny_sd, tmp_path):
     assert build_mod._guidance_entry(model, BuildConfig(model=MODEL_DIR, out=tmp_path / "b"))["default_scale"] == GUIDANCE
     unguided = dataclasses.replace(model, guidance=Guidance("never", negative_prompt=False))
     assert "default_scale" not in build_mod._guidance_entry(unguided, BuildConfig(model=tiny_sd, out=tmp_path / "b"))
+
+
+def test_the_device_cache_is_not_sealed_into_the_bundle(tiny_bundle, tmp_path):
+    """engines/ (engines the build ships, what ldm-run prepare adds) is left out of the manifest's files, so a
+    device that rewrites it (prepare --force) still opens the bundle; every other file is listed."""
+    import shutil
+
+    from ldm_export.bundle import finalize_manifest
+    from ldm_runtime.bundle import INTEGRITY, MANIFEST
+
+    root = shutil.copytree(tiny_bundle, tmp_path / "b")
+    body = json.loads((root / MANIFEST).read_text())
+    for key in ("files", INTEGRITY, "schema_version"):
+        body.pop(key)
+    (root / "engines" / "k").mkdir(parents=True)
+    (root / "engines" / "k" / "unet.plan").write_bytes(b"plan")
+    files = finalize_manifest(root, body)["files"]
+    assert "unet.onnx" in files and not any(f.startswith("engines/") for f in files)
+    (root / "engines" / "k" / "unet.plan").write_bytes(b"rebuilt by prepare --force")
+    open_bundle(root)

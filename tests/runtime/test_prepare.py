@@ -121,3 +121,28 @@ def test_generate_and_verify_read_a_cache_named_with_cache(bundle, tmp_path):
     with pytest.raises(UserError, match=r"^--cache applies to --backend onnxruntime or tensorrt only; this run uses "
                                          r"--backend coreml-reference$"):
         check_options(runner_class("coreml-reference"), RunnerOptions(cache_dir=cache))
+
+
+def test_the_tensorrt_execution_provider_gets_the_bundles_profiles_and_caches(tiny_bundle, tmp_path):
+    """ONNX Runtime's TensorRT EP is given each component's optimization profile (the box every declared size
+    and both guidance batches lie in, in the EP's "name:AxBxC" format) and an engine and timing cache, so
+    it builds once instead of whenever a shape changes. (The EP itself is not installed here: this checks
+    what the runner hands it.)"""
+    from ldm_runtime.tensorrt.profiles import component_profile
+
+    b = open_bundle(tiny_bundle)
+    spec = b.manifest["components"]["unet"]
+    runner = OnnxRuntimeRunner("unet", b.path(spec["file"]), spec, RunnerOptions(cache_dir=tmp_path))
+    assert runner._provider_entries() == runner.providers == ["CPUExecutionProvider"]   # others: names only
+    runner.providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    (name, options), *rest = runner._provider_entries()
+    assert name == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert options["trt_engine_cache_enable"] == options["trt_timing_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path / "ort-tensorrt")
+    res, f = b.manifest["resolution"], b.manifest["latent"]["downsample_factor"]
+    c, (tokens, width) = spec["inputs"]["sample"]["shape"][1], spec["inputs"]["encoder_hidden_states"]["shape"][1:]
+    for kind, batch, (w, h) in (("min", 1, res["min"]), ("opt", 2, res["default"]), ("max", 2, res["max"])):
+        shapes = dict(item.split(":") for item in options[f"trt_profile_{kind}_shapes"].split(","))
+        assert shapes == {"sample": f"{batch}x{c}x{h // f}x{w // f}", "timestep": f"{batch}",
+                          "encoder_hidden_states": f"{batch}x{tokens}x{width}"}, kind
+    assert component_profile(b.manifest, "unet")["sample"]["max"] == [2, c, res["max"][1] // f, res["max"][0] // f]

@@ -149,6 +149,22 @@ def test_lookup_matches_the_graph_and_its_weights(tmp_path):
     assert cache.lookup("unet", KEY.onnx_sha256, ORIN_8GB, "b", external_data_sha256="d" * 64)
 
 
+def test_lookup_matches_the_profiles_and_the_refit_mode_asked_for(tmp_path):
+    """Engines of one graph with another profile box (a shared --cache) are not this bundle's; of a refittable
+    and a plain engine for this device, adapters get the refittable one, a plain run the plain one."""
+    cache = EngineCache(tmp_path / "engines")
+    plain = dataclasses.replace(KEY, flags=())
+    other_box = dataclasses.replace(KEY, flags=(), profiles=CHANGED["profiles"])
+    for key in (KEY, plain, other_box):
+        _write(cache, key)
+    lookup = cache.lookup
+    assert lookup("unet", KEY.onnx_sha256, ORIN_8GB, "b", profiles=PROFILE, refittable=True).key == KEY.digest
+    assert lookup("unet", KEY.onnx_sha256, ORIN_8GB, "b", profiles=PROFILE).key == plain.digest
+    assert lookup("unet", KEY.onnx_sha256, ORIN_8GB, "b", profiles=CHANGED["profiles"]).key == other_box.digest
+    with pytest.raises(UserError, match="no TensorRT engine"):
+        lookup("unet", KEY.onnx_sha256, ORIN_8GB, "b", profiles=[{"sample": {"min": [1], "opt": [1], "max": [1]}}])
+
+
 def test_device_description_is_plain_data():
     d = DeviceDescription.from_dict(json.loads(json.dumps(ORIN_8GB.to_dict())))
     assert d == ORIN_8GB and d.cc == (8, 7)

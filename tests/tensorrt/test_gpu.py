@@ -1,6 +1,7 @@
 """The TensorRT path end to end, for a machine with TensorRT and an NVIDIA GPU (skipped elsewhere,
 with the reason): build a bundle, prepare its engines, generate, verify against the bundle's golden
-vectors, on tiny SD and the embedded demo model at fp16 and int8; and the engine cache carried from
+vectors, parity against diffusers, on tiny SD and the embedded demo model at fp16 and int8; and the engine
+cache carried from
 machine A (engines built at build time) to B (prepare reuses them)."""
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _demo_bundle(out: Path, precision: str) -> Path:
     from ldm_export.build import BuildConfig, build
     from ldm_export.demo import MODEL_DIR
 
-    build(BuildConfig(model=MODEL_DIR, out=out, precision=precision))
+    build(BuildConfig(model=MODEL_DIR, out=out, target="tensorrt", precision=precision))
     return out
 
 
@@ -45,21 +46,30 @@ def prepared(request, tiny_sd, tiny_calibration, tmp_path_factory):
     bundle = build_tiny(tiny_sd, tiny_calibration, out, precision) if model == "tiny-sd" else \
         _demo_bundle(out, precision)
     done = prepare_bundle(bundle, report=print)
-    return bundle, done
+    from ldm_export.demo import MODEL_DIR
+
+    return bundle, done, tiny_sd if model == "tiny-sd" else MODEL_DIR
 
 
 def test_prepare_builds_one_engine_per_component(prepared):
-    bundle, done = prepared
+    """On a GPU machine the build already shipped this device's engines: prepare reuses exactly those (and
+    builds any it lacks); a second prepare reuses everything; --force rebuilds and the bundle still opens."""
+    bundle, done, _ = prepared
     manifest = json.loads((bundle / "manifest.json").read_text())
+    shipped = {e["component"]: e["key"] for e in manifest["device_constraints"]["tensorrt"]["engines"]}
     assert sorted(d.component for d in done) == sorted(manifest["components"])
-    assert not any(d.reused for d in done)
+    for d in done:
+        assert d.reused == (d.component in shipped) and shipped.get(d.component, d.key) == d.key
     again = prepare_bundle(bundle, report=print)
     assert all(d.reused for d in again) and [d.key for d in again] == [d.key for d in done]
+    forced = prepare_bundle(bundle, force=True, report=print)
+    assert not any(d.reused for d in forced) and [d.key for d in forced] == [d.key for d in done]
+    open_bundle(bundle)   # the rewritten engines are the device cache, not sealed bundle files
 
 
 @pytest.mark.parametrize("low_memory", [False, True], ids=["resident", "low-memory"])
 def test_generate_and_verify_on_tensorrt(prepared, low_memory):
-    bundle_dir, _ = prepared
+    bundle_dir, _, _ = prepared
     b = open_bundle(bundle_dir)
     pipeline = Pipeline(b, TensorRTComponents(b, low_memory=low_memory))
     try:
@@ -70,6 +80,18 @@ def test_generate_and_verify_on_tensorrt(prepared, low_memory):
         assert result.image.shape == (h, w, 3) and result.image.dtype == np.uint8
     finally:
         pipeline.components.release_all()
+
+
+def test_parity_against_diffusers_on_tensorrt(prepared):
+    """ldm-export parity --backend tensorrt: the engines' images against diffusers' pipeline in torch,
+    judged by the precision's tables and quality target (ldm_runtime.tolerances)."""
+    from ldm_export.parity import ParitySweep, format_parity, run_parity
+
+    bundle, _, reference = prepared
+    report = run_parity(ParitySweep(bundle=bundle, reference=reference, backend="tensorrt",
+                                    prompts=("a red circle on the left",), seeds=(0,),
+                                    base=Request(steps=10, guidance_scale=1.5)))
+    assert report.ok, format_parity(report)
 
 
 def test_engine_cache_carries_from_machine_a_to_b(tiny_sd, tiny_calibration, tmp_path):

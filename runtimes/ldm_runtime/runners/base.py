@@ -83,6 +83,16 @@ class Runner(ABC):
         self.options = options
         self.is_loaded = False
 
+    def bundle_manifest(self) -> dict | None:
+        """The manifest of the bundle this component's file lies in (validated by ``open_bundle`` before any
+        runner is made), or None for a graph outside a bundle."""
+        path = self.model_path.parent / "manifest.json"
+        if not path.is_file():
+            return None
+        import json
+
+        return json.loads(path.read_text(encoding="utf-8"))
+
     # -- lifecycle ---------------------------------------------------------
     def load(self) -> "Runner":
         if not self.is_loaded:

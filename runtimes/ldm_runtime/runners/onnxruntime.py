@@ -45,6 +45,20 @@ def resolve_providers(requested: str | None = None) -> list[str]:
     return chosen
 
 
+def tensorrt_ep_options(profile: dict[str, dict[str, list[int]]] | None, cache: Path) -> dict[str, str]:
+    """ONNX Runtime's TensorRT execution provider options for one component: its optimization profile (the
+    bundle's, as ``ldm-run prepare`` builds TensorRT engines with: ``trt_profile_min/opt/max_shapes``, so the
+    EP builds one engine for every declared size instead of rebuilding whenever a shape changes), and its
+    engine and timing caches under ``cache`` (kept between runs; the EP keys the engines itself)."""
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache / "ort-tensorrt"),
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache / "ort-tensorrt")}
+    if profile:
+        for kind in ("min", "opt", "max"):
+            options[f"trt_profile_{kind}_shapes"] = ",".join(
+                f"{name}:{'x'.join(str(d) for d in p[kind])}" for name, p in sorted(profile.items()))
+    return options
+
+
 _malloc_trim = None
 
 
@@ -175,7 +189,7 @@ class OnnxRuntimeRunner(Runner):
         options = self.session_options(optimize=cached is None)
         source = self._patched_model(options) if self._weights else str(cached or self.model_path)
         try:
-            self._session = ort.InferenceSession(source, options, providers=self.providers)
+            self._session = ort.InferenceSession(source, options, providers=self._provider_entries())
         except _load_errors() as e:  # the file, not our code: an invalid or foreign graph, a provider that fails
             raise BundleError(f"{self.name}: ONNX Runtime could not load {self.model_path.name}: "
                               f"{one_line(e, with_type=False)}") from e
@@ -183,6 +197,18 @@ class OnnxRuntimeRunner(Runner):
             trim_heap()  # the parsed model file (weights stored inline) is garbage once the session exists
         self._check_graph_io()
         self._output_names = [o.name for o in self._session.get_outputs()]
+
+    def _provider_entries(self) -> list:
+        """The providers as ONNX Runtime takes them; the TensorRT EP with this component's profile and caches."""
+        if self.providers[0] != "TensorrtExecutionProvider":
+            return self.providers
+        from ..tensorrt.profiles import component_profile
+        from .ort_cache import CACHE_DIR
+
+        manifest = self.bundle_manifest()
+        profile = component_profile(manifest, self.name) if manifest is not None else None
+        cache = self.options.cache_dir or self.model_path.parent / CACHE_DIR
+        return [("TensorrtExecutionProvider", tensorrt_ep_options(profile, Path(cache))), *self.providers[1:]]
 
     def _check_graph_io(self) -> None:
         """The graph's inputs and outputs are the ones the manifest says (a swapped file is caught here)."""

@@ -98,12 +98,16 @@ class TensorRTRunner(Runner):
         from ..tensorrt import cuda
         from ..tensorrt.cache import EngineCache
         from ..tensorrt.device import describe_device
+        from ..tensorrt.profiles import bundle_profiles
 
         device = describe_device(self.device_index)
         cuda.set_device(self.device_index)
         cache = EngineCache(self.cache_dir)
         onnx_sha, data_sha = graph_hashes(self.model_path)
-        entry = cache.lookup(self.name, onnx_sha, device, str(self.model_path.parent), data_sha)
+        manifest = self.bundle_manifest()
+        profiles = bundle_profiles(manifest)[self.name] if manifest is not None else None
+        entry = cache.lookup(self.name, onnx_sha, device, str(self.model_path.parent), data_sha, profiles=profiles,
+                             refittable=bool(self._weights) or (manifest is not None and built_refittable(manifest)))
         self._runtime = runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(entry.plan.read_bytes())
         if engine is None:

@@ -135,16 +135,24 @@ class EngineCache:
         return out
 
     def lookup(self, component: str, onnx_sha256: str, device: DeviceDescription, bundle: str,
-               external_data_sha256: str | None = None) -> CacheEntry:
-        """The engine of ``component`` built from this ONNX graph (and weights) that runs on ``device``.
+               external_data_sha256: str | None = None, profiles: list[Any] | None = None,
+               refittable: bool = False) -> CacheEntry:
+        """The engine of ``component`` built from this ONNX graph (and weights) and with ``profiles`` (the
+        bundle's; None: any) that runs on ``device``; refittable engines first when ``refittable`` (adapters
+        are to be refitted), else last.
 
         Raises the refusal naming what the engines were built for when only other devices' engines
         exist, and a one-line "no engine" error when there is none at all."""
         mine = [e for e in self.entries(component) if e.meta.get("onnx_sha256") == onnx_sha256
-                and e.meta.get("external_data_sha256") == external_data_sha256]
+                and e.meta.get("external_data_sha256") == external_data_sha256
+                and (profiles is None or e.meta.get("profiles") == profiles)]
         fits = [e for e in mine if engine_mismatch(e.meta, device) is None]
-        if fits:  # an engine for this exact compute capability before a hardware-compatible one
-            return sorted(fits, key=lambda e: e.meta.get("hardware_compatibility_level", "NONE") != "NONE")[0]
+        if fits:  # the refit mode asked for, then this exact compute capability before a hardware-compatible one
+            def rank(e: CacheEntry) -> tuple[bool, bool]:
+                refit = bool({"REFIT", "REFIT_INDIVIDUAL"} & set(e.meta.get("flags", [])))
+                return refit != refittable, e.meta.get("hardware_compatibility_level", "NONE") != "NONE"
+
+            return sorted(fits, key=rank)[0]
         if mine:
             raise refusal(component, mine[0].meta, device, bundle)
         raise UserError(f"{component}: no TensorRT engine in {self.root} for this graph; expected one built "
