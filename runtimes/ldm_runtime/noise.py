@@ -48,6 +48,7 @@ from typing import Protocol
 import numpy as np
 
 from ldm_runtime.errors import UserError
+from ldm_runtime.fma import fma_float32
 
 _F32 = np.float32
 _F64 = np.float64
@@ -90,27 +91,7 @@ def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-# ------------------------------------------------------- step 4: AVX2 float math
-
-
-def _fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
-    """Correctly rounded float32 ``a * b + c`` (one rounding, like ``vfmadd``).
-
-    The float64 product of two float32 values is exact. The float64 sum is made
-    round-to-odd (TwoSum error term; if inexact and the last bit is even, step one
-    ulp towards the error), after which one rounding to float32 is correct: 53 bits
-    >= 24 + 2, so no double-rounding error is possible.
-    """
-    p = np.asarray(a, _F64) * np.asarray(b, _F64)
-    c = np.asarray(c, _F64)
-    s = p + c
-    bv = s - p
-    err = (p - (s - bv)) + (c - bv)
-    fix = (err != 0) & ((s.view(np.uint64) & 1) == 0)
-    if fix.any():
-        s = np.where(fix, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-    return s.astype(_F32)
-
+# ------------------------------------------------------- step 4: AVX2 float math (FMA: ldm_runtime.fma)
 
 # Cephes float32 coefficients, as in ATen/native/cpu/avx_mathfun.h.
 _LOG_P = tuple(_F32(v) for v in (
@@ -139,11 +120,11 @@ def _log256(x: np.ndarray) -> np.ndarray:
     z = x * x
     y = np.full_like(x, _LOG_P[0])
     for p in _LOG_P[1:]:
-        y = _fma(y, x, p)
+        y = fma_float32(y, x, p)
     y = y * x
-    y = _fma(y, z, e * _LOG_Q1)
+    y = fma_float32(y, z, e * _LOG_Q1)
     y = y - z * _HALF
-    return _fma(e, _LOG_Q2, x + y)
+    return fma_float32(e, _LOG_Q2, x + y)
 
 
 def _sincos256(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,15 +138,15 @@ def _sincos256(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     sign_cos = (~(j - 2) & 4) != 0
     use_cos_poly_for_sin = (j & 2) != 0
     for dp in _DP:
-        x = _fma(y, dp, x)
+        x = fma_float32(y, dp, x)
     z = x * x
-    yc = _fma(np.full_like(z, _COS_C[0]), z, _COS_C[1])
-    yc = _fma(yc, z, _COS_C[2])
+    yc = fma_float32(np.full_like(z, _COS_C[0]), z, _COS_C[1])
+    yc = fma_float32(yc, z, _COS_C[2])
     yc = yc * z
-    yc = _fma(yc, z, -(z * _HALF)) + _ONE
-    ys = _fma(np.full_like(z, _SIN_C[0]), z, _SIN_C[1])
-    ys = _fma(ys, z, _SIN_C[2])
-    ys = _fma(ys * z, x, x)
+    yc = fma_float32(yc, z, -(z * _HALF)) + _ONE
+    ys = fma_float32(np.full_like(z, _SIN_C[0]), z, _SIN_C[1])
+    ys = fma_float32(ys, z, _SIN_C[2])
+    ys = fma_float32(ys * z, x, x)
     # The kernel blends with and/andnot, then adds a zero: -0.0 becomes +0.0.
     s = np.where(use_cos_poly_for_sin, yc, ys) + _ZERO
     c = np.where(use_cos_poly_for_sin, ys, yc) + _ZERO

@@ -37,6 +37,7 @@ import math
 import numpy as np
 
 from ..errors import UserError
+from ..fma import fma_float32
 
 _F32 = np.float32
 
@@ -47,22 +48,6 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # --- float32 as torch computes it ----------------------------------------------------
 
 
-def _fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``a*b + c`` rounded once to float32, as a fused multiply-add, for float32 ``a, b, c``.
-
-    The float64 product of two float32 values is exact; the float64 sum is rounded to
-    odd (via the TwoSum error term) so that the final rounding to float32 is correct.
-    """
-    p = np.asarray(a, np.float64) * np.asarray(b, np.float64)
-    c64 = np.asarray(c, np.float64)
-    s = np.asarray(p + c64, np.float64)
-    bv = s - p
-    err = (p - (s - bv)) + (c64 - bv)  # exact p + c == s + err
-    odd = (s.view(np.int64) & 1) == 1
-    s = np.where((err != 0) & ~odd, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
-    return s.astype(np.float32)
-
-
 def torch_linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
     """``torch.linspace(start, end, steps, dtype=torch.float32)`` as computed on CPU."""
     start32, end32 = _F32(start), _F32(end)
@@ -71,8 +56,8 @@ def torch_linspace_float32(start: float, end: float, steps: int) -> np.ndarray:
     step = (end32 - start32) / _F32(steps - 1)
     i = np.arange(steps)
     halfway = steps // 2
-    first = _fma_float32(step, i[:halfway].astype(np.float32), start32)
-    second = _fma_float32(-step, (steps - 1 - i[halfway:]).astype(np.float32), end32)
+    first = fma_float32(step, i[:halfway].astype(np.float32), start32)
+    second = fma_float32(-step, (steps - 1 - i[halfway:]).astype(np.float32), end32)
     return np.concatenate([first, second])
 
 
