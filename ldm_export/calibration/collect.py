@@ -145,6 +145,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     say(f"loading {model_path}")
     model = load_model(model_path, config, tokenizer, factories)
     specs = [LoraSpec(Path(f), float(s)) for f, s in loras]
+    adapters = recorded(specs)   # each file hashed once: for the task identity and the manifest
     if specs:
         fuse_adapters(model, specs, say)
     dw, dh = model.default_resolution
@@ -159,7 +160,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
     identity = {"kind": "calibration", "model": model.source.sha256, "prompts": prompt_set.sha256, "sampler": sampler,
                 "seed": seed, "steps": steps, "guidance_scale": guidance_scale, "resolution": list(size),
                 "per_trajectory": per_trajectory, "samples": samples,
-                "loras": [[e["sha256"], e["scale"]] for e in recorded(specs)]}
+                "loras": [[e["sha256"], e["scale"]] for e in adapters]}
     job = CalibrationJob(Path(model_path).absolute(), _abs(config), _abs(tokenizer),
                          tuple(sorted((factories or {}).items())), model.source.sha256,
                          tuple((Path(f).absolute(), float(v)) for f, v in loras))
@@ -185,7 +186,7 @@ def collect(model_path: Path, out: Path, *, prompts: str = AUTO, steps: int = 20
             "components": components,
             "timesteps": _coverage([t for tr in trajectories for t in tr["timesteps"]],
                                    int(model.scheduler_config.get("num_train_timesteps", 1000))),
-            "trajectories": trajectories, "files": files, "loras": recorded(specs),
+            "trajectories": trajectories, "files": files, "loras": adapters,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (staging / MANIFEST).chmod(0o644)

@@ -38,18 +38,25 @@ class RunnerOptions:
 BACKEND_OPTIONS = ("provider", "cache_dir", "device", "compute_units", "arithmetic")
 
 
-def graph_hashes(model_path: Path) -> tuple[str, str | None]:
-    """sha256 of a component's ONNX file and of its external data (None without), from the bundle's
-    manifest when the file is listed there (the bundle was checked on open), else computed."""
+def bundle_manifest(model_path: Path) -> dict | None:
+    """The manifest of the bundle a component's file lies in (validated by ``open_bundle`` before any runner
+    is made), or None for a graph outside a bundle."""
     import json
 
-    from ..bundle import MANIFEST, sha256_file
+    from ..bundle import MANIFEST
+
+    path = model_path.parent / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def graph_hashes(model_path: Path, manifest: dict | None = None) -> tuple[str, str | None]:
+    """sha256 of a component's ONNX file and of its external data (None without), from the bundle's
+    manifest (``manifest``, or read beside the file) when the file is listed there (the bundle was checked on
+    open), else computed."""
+    from ..bundle import sha256_file
 
     data = model_path.with_name(model_path.name + ".data")
-    files: dict[str, str] = {}
-    manifest = model_path.parent / MANIFEST
-    if manifest.is_file():
-        files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+    files: dict[str, str] = (manifest or bundle_manifest(model_path) or {}).get("files", {})
 
     def digest(p: Path) -> str:
         return files.get(p.name) or sha256_file(p)
@@ -82,16 +89,6 @@ class Runner(ABC):
         self.spec = spec
         self.options = options
         self.is_loaded = False
-
-    def bundle_manifest(self) -> dict | None:
-        """The manifest of the bundle this component's file lies in (validated by ``open_bundle`` before any
-        runner is made), or None for a graph outside a bundle."""
-        path = self.model_path.parent / "manifest.json"
-        if not path.is_file():
-            return None
-        import json
-
-        return json.loads(path.read_text(encoding="utf-8"))
 
     # -- lifecycle ---------------------------------------------------------
     def load(self) -> "Runner":

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendUnavailable, BundleError, UserError, one_line
-from .base import PrepareOptions, Runner, RunnerOptions, graph_hashes
+from .base import PrepareOptions, Runner, RunnerOptions, bundle_manifest, graph_hashes
 
 # Preferred execution providers, best first; the first one installed wins.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CoreMLExecutionProvider",
@@ -205,7 +205,7 @@ class OnnxRuntimeRunner(Runner):
         from ..tensorrt.profiles import component_profile
         from .ort_cache import CACHE_DIR
 
-        manifest = self.bundle_manifest()
+        manifest = bundle_manifest(self.model_path)
         profile = component_profile(manifest, self.name) if manifest is not None else None
         cache = self.options.cache_dir or self.model_path.parent / CACHE_DIR
         return [("TensorrtExecutionProvider", tensorrt_ep_options(profile, Path(cache))), *self.providers[1:]]

@@ -24,7 +24,7 @@ import numpy as np
 from ..bundle import Bundle
 from ..errors import BundleError, UserError
 from ..tensorrt.imports import require_tensorrt
-from .base import PrepareOptions, Runner, RunnerOptions, graph_hashes
+from .base import PrepareOptions, Runner, RunnerOptions, bundle_manifest, graph_hashes
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -103,8 +103,8 @@ class TensorRTRunner(Runner):
         device = describe_device(self.device_index)
         cuda.set_device(self.device_index)
         cache = EngineCache(self.cache_dir)
-        onnx_sha, data_sha = graph_hashes(self.model_path)
-        manifest = self.bundle_manifest()
+        manifest = bundle_manifest(self.model_path)
+        onnx_sha, data_sha = graph_hashes(self.model_path, manifest)
         profiles = bundle_profiles(manifest)[self.name] if manifest is not None else None
         entry = cache.lookup(self.name, onnx_sha, device, str(self.model_path.parent), data_sha, profiles=profiles,
                              refittable=bool(self._weights) or (manifest is not None and built_refittable(manifest)))
